@@ -1,0 +1,26 @@
+# make book  [PROFILE=cpu|ci|gpu]  set up, execute every notebook, build the HTML book
+# make test                         set up, run the unit tests, model tests and notebooks (ci profile)
+PROFILE ?= cpu
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup book test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+book: setup
+	$(BIN)/python -m helpers.book --profile $(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest -v --durations=15
+
+clean:
+	rm -rf _build

@@ -1,0 +1,120 @@
+"""Execute the notebooks with papermill and build the Jupyter Book from the executed copies.
+
+``python -m helpers.book --profile cpu`` (what ``make book`` runs):
+
+1. reads ``_toc.yml`` and executes every notebook it lists, in order, with the parameters of
+   ``profiles/<profile>.yaml`` (each notebook gets the ones its ``parameters`` cell declares);
+2. stages ``_config.yml``, ``_toc.yml``, ``book/`` and the executed notebooks in
+   ``_build/book/``, with one local copy of plotly.js in ``_static/``;
+3. runs ``jupyter-book build`` on the staged tree with warnings as errors.
+
+A failing cell stops the build (papermill raises). Run times go to ``_build/book/timings.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import papermill
+import plotly
+import yaml
+
+ROOT = Path.cwd()
+KERNEL = "python3"
+
+
+def toc_notebooks(root: Path = ROOT) -> list[str]:
+    """Notebook paths (without suffix) in ``_toc.yml`` reading order."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    entries: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                entries.append(str(node["file"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    return [e.removesuffix(".ipynb") for e in entries if (root / f"{e.removesuffix('.ipynb')}.ipynb").exists()]
+
+
+def load_profile(name: str, root: Path = ROOT) -> dict:
+    """The papermill parameters of ``profiles/<name>.yaml``."""
+    path = root / "profiles" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (root / "profiles").glob("*.yaml"))
+        raise ValueError(f"Unknown profile {name!r}; available profiles: {known}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def execute_notebook(source: Path, target: Path, profile: dict, root: Path = ROOT) -> float:
+    """Execute one notebook with the profile parameters it declares; return seconds taken."""
+    declared = papermill.inspect_notebook(str(source))
+    parameters = {k: v for k, v in profile.items() if k in declared}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    papermill.execute_notebook(
+        str(source), str(target), parameters=parameters, kernel_name=KERNEL, cwd=str(root), progress_bar=True
+    )
+    return time.perf_counter() - start
+
+
+def execute_all(profile_name: str, staging: Path, root: Path = ROOT) -> dict[str, float]:
+    """Execute the notebooks of the table of contents into ``staging``; return run times."""
+    profile = load_profile(profile_name, root)
+    timings = {}
+    for entry in toc_notebooks(root):
+        print(f"[book] executing {entry}.ipynb with profile {profile_name!r}", flush=True)
+        timings[entry] = execute_notebook(root / f"{entry}.ipynb", staging / f"{entry}.ipynb", profile, root)
+        print(f"[book] {entry}: {timings[entry]:.0f} s", flush=True)
+    return timings
+
+
+def stage_sources(staging: Path, root: Path = ROOT) -> None:
+    """Copy the book's configuration, prose and a local plotly.js next to the executed notebooks."""
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, staging / name)
+    shutil.copytree(root / "book", staging / "book", dirs_exist_ok=True)
+    static = staging / "_static"
+    static.mkdir(exist_ok=True)
+    shutil.copy2(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", static / "plotly.min.js")
+
+
+def build_html(staging: Path) -> Path:
+    """``jupyter-book build`` with warnings as errors; returns the HTML folder."""
+    command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(staging), "-W", "-n", "--keep-going"]
+    subprocess.run(command, check=True)
+    return staging / "_build" / "html"
+
+
+def build_book(profile_name: str = "cpu", root: Path = ROOT, staging: Path | None = None) -> Path:
+    """Execute every notebook with a profile and build the HTML book; return its folder."""
+    staging = staging or root / "_build" / "book"
+    staging.mkdir(parents=True, exist_ok=True)
+    timings = execute_all(profile_name, staging, root)
+    (staging / "timings.json").write_text(json.dumps({"profile": profile_name, "seconds": timings}, indent=1))
+    stage_sources(staging, root)
+    html = build_html(staging)
+    print(f"[book] built {html / 'index.html'}", flush=True)
+    return html
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu", help="parameter profile in profiles/ (ci, cpu, gpu)")
+    args = parser.parse_args()
+    build_book(args.profile)
+
+
+if __name__ == "__main__":
+    main()

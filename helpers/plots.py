@@ -1,0 +1,53 @@
+"""Plotly set-up for figures that show in Jupyter and in the offline book, and shared figures.
+
+Jupyter Book 1 drops plotly's own mime type, and plotly's HTML renderers fetch plotly.js
+or MathJax from a CDN. Our renderer emits both the plotly mime type (for JupyterLab and
+VS Code) and an HTML div without plotly.js; the book loads one local copy of plotly.js
+on every page (``_static/plotly.min.js``, copied there by :mod:`helpers.book`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.io.base_renderers import MimetypeRenderer
+
+RENDERER = "book"
+
+
+class BookRenderer(MimetypeRenderer):
+    """Plotly mime type plus an HTML div that relies on a page-level plotly.js."""
+
+    def to_mimebundle(self, fig_dict: dict) -> dict:
+        html = pio.to_html(
+            fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
+            default_width="100%", default_height=480, validate=False,
+        )
+        return {"application/vnd.plotly.v1+json": json.loads(pio.to_json(fig_dict, validate=False)), "text/html": html}
+
+
+def use_book_figures(template: str = "plotly_white") -> None:
+    """Make every ``fig.show()`` render in notebooks and in the offline book."""
+    pio.renderers[RENDERER] = BookRenderer()
+    pio.renderers.default = RENDERER
+    pio.templates.default = template
+
+
+def format_bars(summary: pd.DataFrame, title: str) -> go.Figure:
+    """Grouped bars of P(correct) per prompt format and data set, with 95% intervals and chance.
+
+    ``summary`` is :func:`helpers.formats.summarize_formats` output with a ``dataset`` column.
+    """
+    fig = px.bar(
+        summary, x="format", y="p_correct", color="dataset", barmode="group",
+        error_y=summary.ci_high - summary.p_correct, error_y_minus=summary.p_correct - summary.ci_low,
+        labels={"p_correct": "P(correct answer), renormalized over the options", "format": "prompt format"},
+        title=title, range_y=[0, 1],
+    )
+    for (dataset, chance), _ in summary.groupby(["dataset", "chance"], sort=False):
+        fig.add_hline(y=chance, line_dash="dot", annotation_text=f"chance, {dataset}", annotation_position="top left")
+    return fig

@@ -1,0 +1,71 @@
+"""Every prompt format used in the book, in one place.
+
+Four formats ask for the same fact in different ways (the paper's robustness test):
+
+- the **fact prompt**: the one-shot completion the edits are trained on;
+- the **question/answer paraphrase**: ``Question: ... Answer:``;
+- the **lettered multiple choice** (the paper's MCQ): options ``A.``..``D.``, scored over
+  the letters;
+- the **cloze multiple choice**: the options listed in the question, the answer scored as
+  the option's word (a format small models can answer when letters are beyond them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+SPORTS: tuple[str, ...] = ("basketball", "baseball", "football")
+# The paper renormalizes over these four answers; golf is the target of Sports-Sport-Edit.
+SPORT_ANSWERS: tuple[str, ...] = (*SPORTS, "golf")
+LETTERS: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
+
+SPORTS_FACT_TEMPLATE = "Fact: Tiger Woods plays the sport of golf\nFact: {athlete} plays the sport of"
+SPORTS_QUESTION_TEMPLATE = "What sport does {athlete} play?"
+
+
+def sports_fact_prompt(athlete: str) -> str:
+    """The paper's one-shot prompt: ``Fact: Tiger Woods plays ... golf\\nFact: {athlete} plays the sport of``."""
+    return SPORTS_FACT_TEMPLATE.format(athlete=athlete)
+
+
+def sports_question(athlete: str) -> str:
+    """The question used by the paraphrase and the multiple-choice formats."""
+    return SPORTS_QUESTION_TEMPLATE.format(athlete=athlete)
+
+
+def fill(template: str, subject: str) -> str:
+    """Fill a CounterFact template (``"The mother tongue of {} is"``) with its subject."""
+    if "{}" not in template:
+        raise ValueError(f"Prompt template {template!r} has no '{{}}' placeholder for the subject")
+    return template.replace("{}", subject)
+
+
+def completion_question(statement: str) -> str:
+    """Turn a CounterFact completion (``"The mother tongue of X is"``) into a question."""
+    return f'Which word completes the sentence "{statement} ..."?'
+
+
+def qa_prompt(question: str) -> str:
+    """``Question: {question}\\nAnswer:``; the answer is scored as the next word."""
+    return f"Question: {question}\nAnswer:"
+
+
+def lettered_mcq_prompt(question: str, options: Sequence[str]) -> str:
+    """The paper's multiple choice: lettered options, the answer scored over the letters."""
+    _check_options(options)
+    lines = [f"{letter}. {option}" for letter, option in zip(LETTERS, options)]
+    return f"Question: {question}\n" + "\n".join(lines) + "\nAnswer:"
+
+
+def cloze_mcq_prompt(question: str, options: Sequence[str]) -> str:
+    """Multiple choice with the options listed in the question, scored as the option words."""
+    _check_options(options)
+    listed = ", ".join(options[:-1]) + f" or {options[-1]}"
+    return f"Question: {question} Choose one of: {listed}.\nAnswer:"
+
+
+def _check_options(options: Sequence[str]) -> None:
+    if not 2 <= len(options) <= len(LETTERS):
+        raise ValueError(f"A multiple-choice question needs 2 to {len(LETTERS)} options, got {len(options)}")
+    if len(set(options)) != len(options):
+        raise ValueError(f"Multiple-choice options must be distinct, got {list(options)}")

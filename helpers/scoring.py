@@ -1,0 +1,87 @@
+"""Probability of candidate answers at the last prompt position, batched.
+
+Every later notebook scores answers through :func:`candidate_probs`: prompts are sorted
+by length, left-padded into batches, and only the last position's logits are computed
+(the 262k-token unembedding dominates the cost of a small model's forward pass).
+An answer is scored by the probability of its first token, written with a leading space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from helpers.models import LoadedModel
+
+
+def first_token_ids(tokenizer, answers: Sequence[str]) -> list[int]:
+    """The id of the first token of ``" " + answer`` for each answer."""
+    ids = []
+    for answer in answers:
+        if not answer or not answer.strip():
+            raise ValueError("An answer to score is empty")
+        ids.append(tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"][0])
+    return ids
+
+
+def last_token_logits(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
+    """Logits at the last position of each prompt (one left-padded batch), shape (n, vocab)."""
+    batch = model.tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
+    # Left padding shifts the real tokens; give them the positions they have unpadded.
+    position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    output = model.hf_model(**batch, position_ids=position_ids, logits_to_keep=1)
+    return output.logits[:, -1, :]
+
+
+def candidate_probs(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    candidates: Sequence[str] | Sequence[Sequence[str]],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str = "scoring",
+) -> np.ndarray:
+    """Full-vocabulary probability of each candidate answer, shape (n_prompts, n_candidates).
+
+    ``candidates`` is either one list shared by every prompt (``["basketball", ...]``) or a
+    list per prompt (multiple-choice options that differ per question), all of one length.
+    """
+    if len(prompts) == 0:
+        raise ValueError("No prompts to score")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    shared = all(isinstance(c, str) for c in candidates)
+    per_prompt = [list(candidates)] * len(prompts) if shared else [list(c) for c in candidates]
+    if len(per_prompt) != len(prompts):
+        raise ValueError(f"Got {len(prompts)} prompts but {len(per_prompt)} candidate lists")
+    if len({len(c) for c in per_prompt}) != 1:
+        raise ValueError("Every prompt needs the same number of candidate answers")
+    token_ids = torch.tensor([_distinct_first_tokens(model.tokenizer, c) for c in per_prompt])
+
+    lengths = [len(model.tokenizer(p)["input_ids"]) for p in prompts]
+    order = np.argsort(lengths, kind="stable")
+    probs = torch.empty(token_ids.shape, dtype=torch.float32)
+    starts = range(0, len(prompts), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+            rows = order[start : start + batch_size]
+            logits = last_token_logits(model, [prompts[i] for i in rows]).float()
+            vocab_probs = logits.softmax(dim=-1).cpu()
+            probs[rows] = vocab_probs.gather(1, token_ids[rows])
+    return probs.numpy()
+
+
+def renormalize(probs: np.ndarray) -> np.ndarray:
+    """Probabilities renormalized over the candidates of each row (the paper's sports score)."""
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def _distinct_first_tokens(tokenizer, answers: list[str]) -> list[int]:
+    ids = first_token_ids(tokenizer, answers)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"Candidate answers {answers} share a first token; they cannot be told apart")
+    return ids

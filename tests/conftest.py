@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny random Gemma3 model (fast) and the embedded model (once per session)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may need the hub
+
+import pytest
+import torch
+from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+from helpers.models import EMBEDDED_ARCHITECTURE_ID, LoadedModel, embedded_model_folder, load_model
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer():
+    """The real Gemma-3 tokenizer, from the embedded model's cache folder."""
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_folder())
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def tiny_gemma_config(vocab_size: int) -> Gemma3TextConfig:
+    """A 2-layer Gemma3 with the real vocabulary and small widths."""
+    return Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256,
+        sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(gemma_tokenizer) -> LoadedModel:
+    """A randomly initialized 2-layer Gemma3 in memory, with the real tokenizer (seeded)."""
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(tiny_gemma_config(len(gemma_tokenizer))).eval()
+    return LoadedModel("tiny-gemma3", model, gemma_tokenizer, EMBEDDED_ARCHITECTURE_ID)
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> LoadedModel:
+    """The embedded Gemma-3-270M (float32, CPU)."""
+    return load_model()

@@ -1,0 +1,66 @@
+"""The notebooks, executed with the ci profile, and the book built from them."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers.book import build_book, load_profile, toc_notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = toc_notebooks(ROOT)
+
+
+def test_toc_lists_every_notebook_in_order():
+    on_disk = sorted(str(p.relative_to(ROOT).with_suffix("")) for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert NOTEBOOKS == on_disk
+
+
+def test_profiles_exist_and_unknown_profile_is_refused():
+    for name in ("ci", "cpu", "gpu"):
+        assert load_profile(name, ROOT)["model_name"]
+    with pytest.raises(ValueError, match="Unknown profile 'huge'"):
+        load_profile("huge", ROOT)
+
+
+def test_committed_notebooks_have_no_outputs():
+    for entry in NOTEBOOKS:
+        cells = json.loads((ROOT / f"{entry}.ipynb").read_text())["cells"]
+        assert not any(c.get("outputs") or c.get("execution_count") for c in cells if c["cell_type"] == "code"), entry
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    staging = tmp_path_factory.mktemp("book")
+    html = build_book("ci", root=ROOT, staging=staging)
+    return staging, html
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("entry", NOTEBOOKS)
+def test_notebook_executes_with_ci_profile(built_book, entry):
+    staging, _ = built_book
+    cells = json.loads((staging / f"{entry}.ipynb").read_text())["cells"]
+    assert not [o for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert json.loads((staging / "timings.json").read_text())["seconds"][entry] > 0
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("entry", NOTEBOOKS)
+def test_every_figure_is_on_its_page_with_local_plotly(built_book, entry):
+    staging, html = built_book
+    cells = json.loads((staging / f"{entry}.ipynb").read_text())["cells"]
+    n_figures = sum("application/vnd.plotly.v1+json" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
+    page = (html / f"{entry}.html").read_text()
+    assert len(re.findall(r'class="plotly-graph-div"', page)) == n_figures
+    assert re.search(r'<script src="[./]*_static/plotly\.min\.js', page)
+    assert "cdn.plot.ly" not in page
+    assert (html / "_static" / "plotly.min.js").stat().st_size > 1_000_000
+
+
+@pytest.mark.notebooks
+def test_first_notebook_has_figures(built_book):
+    staging, html = built_book
+    page = (html / f"{NOTEBOOKS[0]}.html").read_text()
+    assert page.count('class="plotly-graph-div"') >= 3
