@@ -3,7 +3,8 @@
 ``python -m helpers.book --profile cpu`` (what ``make book`` runs):
 
 1. reads ``_toc.yml`` and executes every notebook it lists, in order, with the parameters of
-   ``profiles/<profile>.yaml`` (each notebook gets the ones its ``parameters`` cell declares);
+   ``profiles/<profile>.yaml`` (each notebook gets the ones its ``parameters`` cell declares;
+   a ``notebooks:`` section of the profile overrides values for one notebook by name);
 2. stages ``_config.yml``, ``_toc.yml``, ``book/`` and the executed notebooks in
    ``_build/book/``, with one local copy of plotly.js in ``_static/``;
 3. runs ``jupyter-book build`` on the staged tree with warnings as errors.
@@ -57,10 +58,16 @@ def load_profile(name: str, root: Path = ROOT) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def notebook_parameters(profile: dict, notebook: str) -> dict:
+    """A profile's shared parameters, overridden by its ``notebooks: {<name>: {...}}`` entry."""
+    shared = {k: v for k, v in profile.items() if k != "notebooks"}
+    return {**shared, **(profile.get("notebooks") or {}).get(notebook, {})}
+
+
 def execute_notebook(source: Path, target: Path, profile: dict, root: Path = ROOT) -> float:
     """Execute one notebook with the profile parameters it declares; return seconds taken."""
     declared = papermill.inspect_notebook(str(source))
-    parameters = {k: v for k, v in profile.items() if k in declared}
+    parameters = {k: v for k, v in notebook_parameters(profile, source.stem).items() if k in declared}
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     papermill.execute_notebook(

@@ -32,8 +32,11 @@ def test_committed_notebooks_have_no_outputs():
 
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory):
+    """Execute every notebook (ci profile) and build the book, with results in a temporary folder."""
     staging = tmp_path_factory.mktemp("book")
-    html = build_book("ci", root=ROOT, staging=staging)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MECHUNLEARN_RESULTS", str(tmp_path_factory.mktemp("results")))
+        html = build_book("ci", root=ROOT, staging=staging)
     return staging, html
 
 
@@ -64,3 +67,11 @@ def test_first_notebook_has_figures(built_book):
     staging, html = built_book
     page = (html / f"{NOTEBOOKS[0]}.html").read_text()
     assert page.count('class="plotly-graph-div"') >= 3
+
+
+def test_notebook_overrides_win_over_shared_parameters():
+    from helpers.book import notebook_parameters
+
+    profile = {"seed": 0, "n_prompts": 50, "notebooks": {"02_x": {"n_prompts": 8}}}
+    assert notebook_parameters(profile, "02_x") == {"seed": 0, "n_prompts": 8}
+    assert notebook_parameters(profile, "03_y") == {"seed": 0, "n_prompts": 50}
