@@ -62,16 +62,26 @@ def _block(model: LoadedModel, component: Component) -> nn.Module:
     return layer.mlp if component.kind == "mlp" else layer.self_attn
 
 
+# Building a TransformerBridge wraps each module, inserting this segment into parameter names.
+_BRIDGE_SEGMENT = "_original_component."
+
+
+def named_weights(model: LoadedModel, module: nn.Module | None = None) -> dict[str, nn.Parameter]:
+    """Parameters by their Hugging Face names, the same whether or not the bridge was built."""
+    source = model.hf_model if module is None else module
+    return {name.replace(_BRIDGE_SEGMENT, ""): p for name, p in source.named_parameters()}
+
+
 def weight_matrices(model: LoadedModel, component: Component) -> dict[str, nn.Parameter]:
     """The 2-D weight matrices of a component, keyed by their Hugging Face parameter names.
 
     Norm scales and biases are not part of any component.
     """
     block = _block(model, component)
-    names = {id(p): n for n, p in model.hf_model.named_parameters()}
+    names = {id(p): n for n, p in named_weights(model).items()}
     matrices = {
         names[id(p)]: p
-        for local, p in block.named_parameters()
+        for local, p in named_weights(model, block).items()
         if p.ndim == 2 and (component.matrix is None or local.split(".")[0] == component.matrix)
     }
     if not matrices:
@@ -87,7 +97,7 @@ def all_components(model: LoadedModel, kinds: Iterable[str] = KINDS, matrices: b
             whole = Component(kind, layer)
             if matrices:
                 block = _block(model, whole)
-                components += [Component(kind, layer, n.split(".")[0]) for n, p in block.named_parameters() if p.ndim == 2]
+                components += [Component(kind, layer, n.split(".")[0]) for n, p in named_weights(model, block).items() if p.ndim == 2]
             else:
                 components.append(whole)
     return components
@@ -142,7 +152,7 @@ class Localization:
         """Freeze every parameter, then unfreeze this localization's; return the trainable ones."""
         wanted = set(self.parameter_names(model))
         trainable = []
-        for name, parameter in model.hf_model.named_parameters():
+        for name, parameter in named_weights(model).items():
             parameter.requires_grad_(name in wanted)
             if name in wanted:
                 trainable.append(parameter)
@@ -151,7 +161,7 @@ class Localization:
     def overlap(self, other: Localization, model: LoadedModel) -> float:
         """Share of this localization's parameters that ``other`` also trains."""
         mine, theirs = self.parameter_names(model), set(other.parameter_names(model))
-        params = dict(model.hf_model.named_parameters())
+        params = named_weights(model)
         return sum(params[n].numel() for n in mine if n in theirs) / self.n_parameters
 
     def to_dict(self) -> dict:

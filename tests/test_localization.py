@@ -58,6 +58,18 @@ def test_trainable_set_is_exactly_the_localization(model):
     assert sum(p.numel() for p in trainable) == loc.n_parameters
 
 
+def test_names_survive_building_the_bridge(gemma_tokenizer):
+    """The bridge wraps modules (renaming parameters); localizations must not notice."""
+    torch.manual_seed(0)
+    fresh = LoadedModel("tiny", Gemma3ForCausalLM(tiny_gemma_config(len(gemma_tokenizer), 2)), gemma_tokenizer,
+                        EMBEDDED_ARCHITECTURE_ID)
+    loc = random_matrices("random", fresh, 50_000, seed=0)
+    before = (loc.parameter_names(fresh), all_components(fresh, matrices=True))
+    assert fresh.bridge is not None
+    assert (loc.parameter_names(fresh), all_components(fresh, matrices=True)) == before
+    assert len(loc.set_trainable(fresh)) == len(before[0])
+
+
 def test_budget_matching_stays_within_one_component(model):
     flu = Localization.build("flu", model, [Component("mlp", 1), Component("mlp", 2)], "test")
     scores = {c: float(i % 5) - 2.0 for i, c in enumerate(all_components(model))}

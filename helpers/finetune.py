@@ -1,0 +1,199 @@
+"""Localized fine-tuning: train only a localization's weights to edit or unlearn facts.
+
+Each step minimizes the paper's loss, ``c_f * L_forget + L_maintain + L_retain``:
+
+- ``L_forget``: for an edit, cross-entropy at the last prompt token toward the new answer;
+  for unlearning, ``min(-log(1 - P(true)), cap)``, which pushes P(true) down and stops
+  pushing once it is small (the cap keeps the loss bounded as P(true) approaches 1);
+- ``L_maintain``: cross-entropy toward the true answer on other facts of the same kind;
+- ``L_retain``: next-token loss on general text, estimated on a random subset of positions.
+
+AdamW without weight decay, cosine schedule, gradient clipping. Only the localization's
+parameters require gradients; :class:`restored` puts the original weights back in place
+afterwards, so many runs share one loaded model.
+
+What makes it fast on a CPU, without changing the loss: only the last position's logits are
+computed for the fact losses (``logits_to_keep``), and only the sampled positions' logits for
+the retain loss (the 262k-token unembedding dominates a small model's cost); layers below the
+first trainable one build no autograd graph, because nothing below them requires gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from helpers.localization import Localization
+from helpers.models import LoadedModel
+from helpers.scoring import first_token_ids
+from helpers.tasks import EditTask
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyper-parameters of one fine-tuning run."""
+
+    learning_rate: float = 1e-5
+    forget_weight: float = 1.0  # c_f
+    steps: int = 50
+    batch_size: int = 16  # facts per step, for the forget and for the maintain loss
+    retain_batch_size: int = 4  # general-text sequences per step
+    retain_length: int = 64  # tokens per general-text sequence
+    retain_positions: int = 16  # positions per sequence at which the retain loss is computed
+    unlearn_cap: float = 5.0  # cap of -log(1 - p) for unlearning
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "learning_rate": 0 < self.learning_rate < 1, "forget_weight": self.forget_weight > 0,
+            "steps": self.steps >= 1, "batch_size": self.batch_size >= 1,
+            "retain_batch_size": self.retain_batch_size >= 0, "retain_length": self.retain_length >= 2,
+            "retain_positions": 1 <= self.retain_positions < self.retain_length,
+            "unlearn_cap": self.unlearn_cap > 0, "grad_clip": self.grad_clip > 0,
+            "warmup_steps": 0 <= self.warmup_steps < self.steps,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"TrainingConfig values out of range: {', '.join(f'{n}={getattr(self, n)}' for n in bad)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def answer_logits(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
+    """Last-position logits (n, vocab) of left-padded prompts, with gradients."""
+    batch = model.tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
+    position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    return model.hf_model(**batch, position_ids=position_ids, logits_to_keep=1).logits[:, -1].float()
+
+
+def answer_loss(model: LoadedModel, prompts: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
+    """Mean cross-entropy of each answer's first token at the last prompt position."""
+    targets = torch.tensor(first_token_ids(model.tokenizer, answers), device=model.device)
+    return F.cross_entropy(answer_logits(model, prompts), targets)
+
+
+def unlearning_loss(model: LoadedModel, prompts: Sequence[str], true_answers: Sequence[str], cap: float) -> torch.Tensor:
+    """Mean of ``min(-log(1 - P(true)), cap)``: low when the true answer is unlikely."""
+    targets = torch.tensor(first_token_ids(model.tokenizer, true_answers), device=model.device)
+    log_p = answer_logits(model, prompts).log_softmax(-1).gather(1, targets[:, None])[:, 0]
+    return torch.clamp(-torch.log1p(-log_p.exp().clamp(max=1 - 1e-6)), max=cap).mean()
+
+
+def retain_chunks(model: LoadedModel, texts: Sequence[str], length: int) -> torch.Tensor:
+    """General text cut into token sequences of ``length`` (BOS first), shape (n_chunks, length)."""
+    if not texts:
+        raise ValueError("No general text for the retain loss")
+    ids = [i for text in texts for i in model.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    body = length - 1
+    n = len(ids) // body
+    if n == 0:
+        raise ValueError(f"The general text has fewer than {body} tokens")
+    chunks = torch.tensor(ids[: n * body]).view(n, body)
+    bos = torch.full((n, 1), model.tokenizer.bos_token_id)
+    return torch.cat([bos, chunks], dim=1)
+
+
+def retain_loss(model: LoadedModel, chunks: torch.Tensor, n_positions: int, generator: torch.Generator) -> torch.Tensor:
+    """Next-token cross-entropy on general text at ``n_positions`` random positions per sequence."""
+    length = chunks.shape[1]
+    positions = torch.randperm(length - 1, generator=generator)[:n_positions].sort().values
+    logits = model.hf_model(chunks.to(model.device), logits_to_keep=positions.to(model.device)).logits.float()
+    targets = chunks[:, positions + 1].to(model.device)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+@contextmanager
+def restored(model: LoadedModel, localization: Localization) -> Iterator[list[torch.nn.Parameter]]:
+    """Make only ``localization`` trainable; on exit, put its original weights back in place."""
+    trainable = localization.set_trainable(model)
+    originals = [p.detach().clone() for p in trainable]
+    try:
+        yield trainable
+    finally:
+        with torch.no_grad():
+            for parameter, original in zip(trainable, originals):
+                parameter.copy_(original)
+        for parameter in model.hf_model.parameters():
+            parameter.requires_grad_(False)
+
+
+@dataclass
+class TrainingLog:
+    """Per-step losses and the wall time of a run."""
+
+    forget: list[float]
+    maintain: list[float]
+    retain: list[float]
+    total: list[float]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sample(n_rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` row indices: all rows in random order if there are at most ``k``, else a sample."""
+    return rng.permutation(n_rows)[:k] if n_rows > k else rng.permutation(n_rows)
+
+
+def train_localized(
+    model: LoadedModel,
+    localization: Localization,
+    task: EditTask,
+    general_chunks: torch.Tensor,
+    config: TrainingConfig,
+    *,
+    seed: int,
+    progress: bool = True,
+) -> TrainingLog:
+    """Fine-tune ``localization``'s weights on ``task`` in place (wrap in :func:`restored`)."""
+    if task.forget_train.empty:
+        raise ValueError(f"Task {task.name!r} has an empty forget set")
+    parameters = [p for p in model.hf_model.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("No parameter requires gradients: call inside `with restored(model, localization):`")
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    log = TrainingLog([], [], [], [], 0.0)
+    start = time.perf_counter()
+    model.hf_model.train()
+    try:
+        for _ in tqdm(range(config.steps), desc=f"{task.name} / {localization.name}", disable=not progress, unit="step"):
+            forget = task.forget_train.iloc[_sample(len(task.forget_train), config.batch_size, rng)]
+            maintain = task.maintain_train.iloc[_sample(len(task.maintain_train), config.batch_size, rng)]
+            if task.mode == "edit":
+                forget_loss = answer_loss(model, forget.prompt, forget.new)
+            else:
+                forget_loss = unlearning_loss(model, forget.prompt, forget.true, config.unlearn_cap)
+            maintain_loss = answer_loss(model, maintain.prompt, maintain.true)
+            retain = torch.zeros((), device=model.device)
+            if config.retain_batch_size:
+                rows = torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)
+                retain = retain_loss(model, general_chunks[rows], config.retain_positions, generator)
+            total = config.forget_weight * forget_loss + maintain_loss + retain
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+            optimizer.step()
+            schedule.step()
+            for values, loss in zip((log.forget, log.maintain, log.retain, log.total), (forget_loss, maintain_loss, retain, total)):
+                values.append(float(loss.detach()))
+            if not math.isfinite(log.total[-1]):
+                raise FloatingPointError(f"The loss diverged at step {len(log.total)}; lower the learning rate")
+    finally:
+        model.hf_model.eval()
+    log.seconds = time.perf_counter() - start
+    return log

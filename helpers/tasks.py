@@ -1,0 +1,142 @@
+"""The paper's editing and unlearning tasks, as seeded, non-overlapping splits of known facts.
+
+Every task has a **forget** set (the facts to edit or unlearn; trained on ``forget_train``,
+measured on ``forget_eval``) and a **maintain** set (other facts of the same kind that must
+not move; trained on ``maintain_train``, measured on ``maintain_eval``). Each row has a
+``prompt`` (the fact template, the training format), a ``subject``, the ``true`` answer and,
+for edits, the ``new`` one. ``candidates`` lists the answers scored against each other
+(the sports; ``None`` for CounterFact, scored over the full vocabulary).
+
+- **Sports-Athlete-Edit**: N athletes, each moved to a random other sport; trained and
+  evaluated on the same athletes.
+- **Sports-Sport-Edit**: the athletes of one sport all moved to golf; trained on half of
+  them, evaluated on the other half.
+- **CounterFact-Edit**: N facts moved to their ``target_new``.
+- **Unlearning** (``mode="unlearn"``): the same forget sets with no new answer; the loss
+  pushes P(true) down instead.
+
+``holdout`` removes subjects from the pool, so that a validation task for choosing
+hyper-parameters never shares a fact with the task that is evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from helpers.prompts import SPORT_ANSWERS, SPORTS, sports_fact_prompt
+
+MODES = ("edit", "unlearn")
+COLUMNS = ["subject", "prompt", "true", "new"]
+
+
+@dataclass(frozen=True)
+class EditTask:
+    """One editing or unlearning task: forget and maintain sets, each split train / eval."""
+
+    name: str
+    mode: str
+    forget_train: pd.DataFrame
+    forget_eval: pd.DataFrame
+    maintain_train: pd.DataFrame
+    maintain_eval: pd.DataFrame
+    candidates: tuple[str, ...] | None
+
+    def subjects(self) -> dict[str, set[str]]:
+        """The subjects of each split (for checking that splits do not overlap)."""
+        return {
+            split: set(getattr(self, split).subject)
+            for split in ("forget_train", "forget_eval", "maintain_train", "maintain_eval")
+        }
+
+
+def _check(mode: str, n: int, available: int, what: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if n < 1:
+        raise ValueError(f"The forget set must hold at least one fact, got {n}")
+    if n > available:
+        raise ValueError(f"Asked for {n} {what} but only {available} are available")
+
+
+def _split_maintain(pool: pd.DataFrame, n_maintain: int, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Up to ``n_maintain`` facts for training and as many for evaluation, disjoint."""
+    if n_maintain < 1:
+        raise ValueError(f"n_maintain must be at least 1, got {n_maintain}")
+    if len(pool) < 2:
+        raise ValueError("Too few facts left for a maintain set")
+    shuffled = pool.iloc[rng.permutation(len(pool))]
+    n = min(n_maintain, len(pool) // 2)
+    return shuffled.iloc[:n].reset_index(drop=True), shuffled.iloc[n : 2 * n].reset_index(drop=True)
+
+
+def _athlete_rows(athletes: pd.DataFrame, new: list[str] | None = None) -> pd.DataFrame:
+    return pd.DataFrame({
+        "subject": athletes.athlete.to_numpy(),
+        "prompt": [sports_fact_prompt(a) for a in athletes.athlete],
+        "true": athletes.sport.to_numpy(),
+        "new": new if new is not None else [""] * len(athletes),
+    })[COLUMNS]
+
+
+def _fact_rows(facts: pd.DataFrame, with_new: bool) -> pd.DataFrame:
+    return pd.DataFrame({
+        "subject": facts.subject.to_numpy(), "prompt": facts.prompt.to_numpy(), "true": facts.target_true.to_numpy(),
+        "new": facts.target_new.to_numpy() if with_new else [""] * len(facts),
+    })[COLUMNS]
+
+
+def sports_athlete_edit(
+    known: pd.DataFrame, n_facts: int, *, seed: int, mode: str = "edit", n_maintain: int = 64,
+    holdout: Collection[str] = (),
+) -> EditTask:
+    """N known athletes each moved to a random other sport (seeded); train = eval set."""
+    pool = known[~known.athlete.isin(holdout)]
+    _check(mode, n_facts, len(pool), "athletes")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pool))
+    forget = pool.iloc[order[:n_facts]]
+    new = [str(rng.choice([s for s in SPORTS if s != sport])) for sport in forget.sport] if mode == "edit" else None
+    rows = _athlete_rows(forget, new)
+    maintain_train, maintain_eval = _split_maintain(_athlete_rows(pool.iloc[order[n_facts:]]), n_maintain, rng)
+    return EditTask(f"sports_athlete_{mode}", mode, rows, rows, maintain_train, maintain_eval, SPORT_ANSWERS)
+
+
+def sports_sport_edit(
+    known: pd.DataFrame, sport: str, *, seed: int, mode: str = "edit", n_maintain: int = 64,
+    holdout: Collection[str] = (),
+) -> EditTask:
+    """Every known athlete of ``sport`` moved to golf: train on half, evaluate on the other half."""
+    if sport not in SPORTS:
+        raise ValueError(f"sport must be one of {SPORTS}, got {sport!r}")
+    pool = known[~known.athlete.isin(holdout)]
+    of_sport = pool[pool.sport == sport]
+    _check(mode, len(of_sport) // 2, len(of_sport), f"{sport} athletes")
+    rng = np.random.default_rng(seed)
+    shuffled = of_sport.iloc[rng.permutation(len(of_sport))]
+    half = len(shuffled) // 2
+    new = ["golf"] * half if mode == "edit" else None
+    train = _athlete_rows(shuffled.iloc[:half], new)
+    evaluate = _athlete_rows(shuffled.iloc[half : 2 * half], new)
+    maintain_train, maintain_eval = _split_maintain(_athlete_rows(pool[pool.sport != sport]), n_maintain, rng)
+    return EditTask(f"sports_sport_{mode}", mode, train, evaluate, maintain_train, maintain_eval, SPORT_ANSWERS)
+
+
+def counterfact_edit(
+    known: pd.DataFrame, n_facts: int, *, seed: int, mode: str = "edit", n_maintain: int = 64,
+    holdout: Collection[str] = (),
+) -> EditTask:
+    """N known CounterFact facts moved to their ``target_new``; train = eval set."""
+    pool = known[~known.subject.isin(holdout)]
+    _check(mode, n_facts, len(pool), "facts")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pool))
+    forget = _fact_rows(pool.iloc[order[:n_facts]], with_new=mode == "edit")
+    # A subject can carry facts of several relations; none of the forget subjects is maintained.
+    rest = pool.iloc[order[n_facts:]]
+    rest = rest[~rest.subject.isin(forget.subject)]
+    maintain_train, maintain_eval = _split_maintain(_fact_rows(rest, with_new=False), n_maintain, rng)
+    return EditTask(f"counterfact_{mode}", mode, forget, forget, maintain_train, maintain_eval, None)

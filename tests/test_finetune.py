@@ -1,0 +1,96 @@
+"""The fine-tuning engine on a tiny Gemma3: what trains, what stays, and the losses' values."""
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers.finetune import (
+    TrainingConfig,
+    answer_logits,
+    restored,
+    retain_chunks,
+    retain_loss,
+    train_localized,
+    unlearning_loss,
+)
+from helpers.localization import Component, Localization, named_weights
+from helpers.prompts import SPORTS
+from helpers.scoring import first_token_ids
+from helpers.tasks import sports_athlete_edit
+
+NAMES = ["Alice", "Boris", "Chen", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ingrid", "Jonas", "Kwame", "Lucia"]
+ATHLETES = pd.DataFrame({"athlete": NAMES, "sport": [SPORTS[i % 3] for i in range(len(NAMES))]})
+TEXT = ["The river flows slowly through the green valley towards the distant sea. " * 20]
+
+
+@pytest.fixture()
+def setup(tiny_model):
+    task = sports_athlete_edit(ATHLETES, 4, seed=0, n_maintain=4)
+    localization = Localization.build("mlp1", tiny_model, [Component("mlp", 1)], "test")
+    return tiny_model, task, localization, retain_chunks(tiny_model, TEXT, 16)
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in named_weights(model).items()}
+
+
+def test_only_the_localization_trains_and_is_restored(setup):
+    model, task, localization, chunks = setup
+    before = snapshot(model)
+    config = TrainingConfig(learning_rate=1e-2, steps=3, batch_size=4, retain_batch_size=2, retain_length=16, retain_positions=4)
+    with restored(model, localization):
+        train_localized(model, localization, task, chunks, config, seed=0, progress=False)
+        after = snapshot(model)
+    trained = set(localization.parameter_names(model))
+    for name, value in before.items():
+        assert torch.equal(value, after[name]) != (name in trained), name
+    assert all(torch.equal(value, named_weights(model)[name]) for name, value in before.items())
+    assert not any(p.requires_grad for p in model.hf_model.parameters())
+
+
+def test_editing_lowers_the_forget_loss(setup):
+    model, task, localization, chunks = setup
+    config = TrainingConfig(learning_rate=1e-2, steps=15, forget_weight=5.0, batch_size=4, retain_batch_size=0,
+                            retain_length=16, retain_positions=4)
+    with restored(model, localization):
+        log = train_localized(model, localization, task, chunks, config, seed=0, progress=False)
+    # A random tiny model's logits are small (tied embeddings of std 0.02 times a normalized
+    # residual), so its loss can fall by about a nat at most; it must fall clearly.
+    assert log.forget[-1] < log.forget[0] - 0.3
+    assert len(log.total) == 15 and log.seconds > 0
+
+
+def test_unlearning_loss_is_capped_minus_log_one_minus_p(setup):
+    model, task, *_ = setup
+    prompts, answers = list(task.forget_train.prompt), list(task.forget_train.true)
+    with torch.no_grad():
+        p = answer_logits(model, prompts).softmax(-1)[range(len(prompts)), first_token_ids(model.tokenizer, answers)]
+        expected = torch.clamp(-torch.log(1 - p), max=0.001).mean()
+        torch.testing.assert_close(unlearning_loss(model, prompts, answers, cap=0.001), expected)
+        torch.testing.assert_close(unlearning_loss(model, prompts, answers, cap=50.0), -torch.log(1 - p).mean())
+
+
+def test_retain_loss_on_every_position_is_the_full_next_token_loss(setup):
+    model, _, _, chunks = setup
+    with torch.no_grad():
+        logits = model.hf_model(chunks[:2]).logits
+        full = F.cross_entropy(logits[:, :-1].flatten(0, 1), chunks[:2, 1:].flatten())
+        estimate = retain_loss(model, chunks[:2], chunks.shape[1] - 1, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(estimate, full, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_inputs(setup):
+    model, task, localization, chunks = setup
+    with pytest.raises(ValueError, match="learning_rate=2.0"):
+        TrainingConfig(learning_rate=2.0)
+    with pytest.raises(ValueError, match="steps=0"):
+        TrainingConfig(steps=0)
+    with pytest.raises(ValueError, match="No parameter requires gradients"):
+        train_localized(model, localization, task, chunks, TrainingConfig(steps=1), seed=0, progress=False)
+    empty = type(task)(task.name, task.mode, task.forget_train.head(0), task.forget_eval, task.maintain_train,
+                       task.maintain_eval, task.candidates)
+    with pytest.raises(ValueError, match="empty forget set"):
+        train_localized(model, localization, empty, chunks, TrainingConfig(steps=1), seed=0, progress=False)
+    with pytest.raises(ValueError, match="No general text"):
+        retain_chunks(model, [], 16)
