@@ -1,0 +1,46 @@
+"""Run records: written once per configuration, skipped when they exist, gathered into a table."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import helpers.records as records
+from helpers.finetune import TrainingConfig, retain_chunks
+from helpers.localization import Component, Localization
+from helpers.prompts import SPORT_ANSWERS, SPORTS
+from helpers.records import answer_probabilities, load_records, run_experiment
+from helpers.scoring import candidate_probs, renormalize
+from helpers.tasks import sports_athlete_edit
+
+NAMES = ["Alice", "Boris", "Chen", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ingrid", "Jonas", "Kwame", "Lucia"]
+ATHLETES = pd.DataFrame({"athlete": NAMES, "sport": [SPORTS[i % 3] for i in range(len(NAMES))]})
+CONFIG = TrainingConfig(learning_rate=1e-3, steps=2, batch_size=4, retain_batch_size=1, retain_length=16, retain_positions=4)
+
+
+def test_forget_error_of_an_unedited_model_is_one_minus_its_p_true(tiny_model):
+    task = sports_athlete_edit(ATHLETES, 4, seed=0, n_maintain=4)
+    probs = renormalize(candidate_probs(tiny_model, task.forget_eval.prompt.tolist(), list(SPORT_ANSWERS), progress=False))
+    p_true = probs[np.arange(4), [SPORT_ANSWERS.index(s) for s in task.forget_eval.true]]
+    metrics = records.training_format_metrics(tiny_model, task)
+    assert metrics["forget_error"] == pytest.approx(1 - p_true.mean(), abs=1e-6)
+    assert 0 <= metrics["edit_accuracy"] <= 1 and 0 <= metrics["maintain_accuracy"] <= 1
+    np.testing.assert_allclose(answer_probabilities(tiny_model, task.forget_eval, task.forget_eval.true.tolist(), SPORT_ANSWERS), p_true)
+
+
+def test_records_are_written_once_and_gathered(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHUNLEARN_RESULTS", str(tmp_path))
+    task = sports_athlete_edit(ATHLETES, 4, seed=0, n_maintain=4)
+    localization = Localization.build("mlp1", tiny_model, [Component("mlp", 1)], "test")
+    chunks = retain_chunks(tiny_model, ["The river flows slowly through the green valley. " * 20], 16)
+    first = run_experiment(tiny_model, task, localization, chunks, CONFIG, seed=0, task_seed=0)
+    assert first["localization"] == "mlp1" and len(first["curves"]["total"]) == 2 and first["versions"]["torch"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained again although the record exists")
+
+    monkeypatch.setattr(records, "train_localized", refuse)
+    assert run_experiment(tiny_model, task, localization, chunks, CONFIG, seed=0, task_seed=0) == first
+    with pytest.raises(AssertionError, match="trained again"):
+        run_experiment(tiny_model, task, localization, chunks, CONFIG, seed=1, task_seed=0)
+    table = load_records()
+    assert len(table) == 1 and {"metrics.forget_error", "metrics_before.forget_error", "training.learning_rate"} <= set(table.columns)
