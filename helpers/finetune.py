@@ -38,6 +38,18 @@ from helpers.scoring import first_token_ids
 from helpers.tasks import EditTask
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
+def autocast(model: LoadedModel, precision: str) -> torch.autocast:
+    """bf16 autocast for ``precision="bfloat16"``, a no-op for float32.
+
+    Enter it once per step: autocast caches the bf16 copies of the weights until it exits, so
+    a context held across optimizer steps would keep using the old weights.
+    """
+    return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Hyper-parameters of one fine-tuning run."""
@@ -52,6 +64,7 @@ class TrainingConfig:
     unlearn_cap: float = 5.0  # cap of -log(1 - p) for unlearning
     grad_clip: float = 1.0
     warmup_steps: int = 0
+    precision: str = "float32"  # "bfloat16": autocast matmuls to bf16 (weights and optimizer stay fp32)
 
     def __post_init__(self) -> None:
         checks = {
@@ -61,6 +74,7 @@ class TrainingConfig:
             "retain_positions": 1 <= self.retain_positions < self.retain_length,
             "unlearn_cap": self.unlearn_cap > 0, "grad_clip": self.grad_clip > 0,
             "warmup_steps": 0 <= self.warmup_steps < self.steps,
+            "precision": self.precision in PRECISIONS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -124,6 +138,7 @@ def restored(model: LoadedModel, localization: Localization) -> Iterator[list[to
         with torch.no_grad():
             for parameter, original in zip(trainable, originals):
                 parameter.copy_(original)
+                parameter.grad = None
         for parameter in model.hf_model.parameters():
             parameter.requires_grad_(False)
 
@@ -174,15 +189,16 @@ def train_localized(
         for _ in tqdm(range(config.steps), desc=f"{task.name} / {localization.name}", disable=not progress, unit="step"):
             forget = task.forget_train.iloc[_sample(len(task.forget_train), config.batch_size, rng)]
             maintain = task.maintain_train.iloc[_sample(len(task.maintain_train), config.batch_size, rng)]
-            if task.mode == "edit":
-                forget_loss = answer_loss(model, forget.prompt, forget.new)
-            else:
-                forget_loss = unlearning_loss(model, forget.prompt, forget.true, config.unlearn_cap)
-            maintain_loss = answer_loss(model, maintain.prompt, maintain.true)
-            retain = torch.zeros((), device=model.device)
-            if config.retain_batch_size:
-                rows = torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)
-                retain = retain_loss(model, general_chunks[rows], config.retain_positions, generator)
+            with autocast(model, config.precision):
+                if task.mode == "edit":
+                    forget_loss = answer_loss(model, forget.prompt, forget.new)
+                else:
+                    forget_loss = unlearning_loss(model, forget.prompt, forget.true, config.unlearn_cap)
+                maintain_loss = answer_loss(model, maintain.prompt, maintain.true)
+                retain = torch.zeros((), device=model.device)
+                if config.retain_batch_size:
+                    rows = torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)
+                    retain = retain_loss(model, general_chunks[rows], config.retain_positions, generator)
             total = config.forget_weight * forget_loss + maintain_loss + retain
             optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -4,7 +4,9 @@ Every task has a **forget** set (the facts to edit or unlearn; trained on ``forg
 measured on ``forget_eval``) and a **maintain** set (other facts of the same kind that must
 not move; trained on ``maintain_train``, measured on ``maintain_eval``). Each row has a
 ``prompt`` (the fact template, the training format), a ``subject``, the ``true`` answer and,
-for edits, the ``new`` one. ``candidates`` lists the answers scored against each other
+for edits, the ``new`` one; ``wrong_options`` (the wrong answers a multiple-choice question
+lists: the other sports, or CounterFact's ``mcq_wrong_options``), and for CounterFact its
+``paraphrase_prompts`` and ``neighborhood_prompts`` (empty lists for sports). ``candidates`` lists the answers scored against each other
 (the sports; ``None`` for CounterFact, scored over the full vocabulary).
 
 - **Sports-Athlete-Edit**: N athletes, each moved to a random other sport; trained and
@@ -30,7 +32,7 @@ import pandas as pd
 from helpers.prompts import SPORT_ANSWERS, SPORTS, sports_fact_prompt
 
 MODES = ("edit", "unlearn")
-COLUMNS = ["subject", "prompt", "true", "new"]
+COLUMNS = ["subject", "prompt", "true", "new", "wrong_options", "paraphrase_prompts", "neighborhood_prompts"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ def _athlete_rows(athletes: pd.DataFrame, new: list[str] | None = None) -> pd.Da
         "prompt": [sports_fact_prompt(a) for a in athletes.athlete],
         "true": athletes.sport.to_numpy(),
         "new": new if new is not None else [""] * len(athletes),
+        "wrong_options": [[s for s in SPORT_ANSWERS if s != sport] for sport in athletes.sport],
+        "paraphrase_prompts": [[] for _ in range(len(athletes))],
+        "neighborhood_prompts": [[] for _ in range(len(athletes))],
     })[COLUMNS]
 
 
@@ -86,6 +91,9 @@ def _fact_rows(facts: pd.DataFrame, with_new: bool) -> pd.DataFrame:
     return pd.DataFrame({
         "subject": facts.subject.to_numpy(), "prompt": facts.prompt.to_numpy(), "true": facts.target_true.to_numpy(),
         "new": facts.target_new.to_numpy() if with_new else [""] * len(facts),
+        "wrong_options": [list(o) for o in facts.mcq_wrong_options],
+        "paraphrase_prompts": [list(p) for p in facts.paraphrase_prompts],
+        "neighborhood_prompts": [list(p) for p in facts.neighborhood_prompts],
     })[COLUMNS]
 
 
