@@ -51,3 +51,20 @@ def format_bars(summary: pd.DataFrame, title: str) -> go.Figure:
     for (dataset, chance), _ in summary.groupby(["dataset", "chance"], sort=False):
         fig.add_hline(y=chance, line_dash="dot", annotation_text=f"chance, {dataset}", annotation_position="top left")
     return fig
+
+
+def metric_bars(summary: pd.DataFrame, title: str, labels: dict[str, str] | None = None) -> go.Figure:
+    """Grouped bars: one group per metric, one bar per localization, 95% intervals where defined.
+
+    ``summary`` is :func:`helpers.stats.summarize` output grouped by ``localization``.
+    """
+    frame = summary.assign(metric=summary.metric.map(labels or {}).fillna(summary.metric))
+    upper = (frame.ci_high - frame["mean"]).fillna(0)
+    lower = (frame["mean"] - frame.ci_low).fillna(0)
+    fig = px.bar(
+        frame, x="metric", y="mean", color="localization", barmode="group", error_y=upper, error_y_minus=lower,
+        labels={"mean": "mean over seeds (probability)", "metric": ""}, title=title, range_y=[0, 1.05],
+        hover_data={"n": True},
+    )
+    fig.update_layout(legend_title_text="localization")
+    return fig

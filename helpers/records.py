@@ -2,15 +2,25 @@
 
 :func:`run_experiment` edits one task with one localization end to end and writes a record
 with everything needed to trust and redo the run: the configuration, package versions, wall
-time, training curves and metrics. A record's file name is a hash of its configuration, so a
-finished run is found and skipped instead of trained again. :func:`load_records` gathers the
-records into one DataFrame. Records live in ``results/runs/`` (outside git).
+time, training curves, the metrics before and after the edit, and the attacks on the edited
+model. A record's file name is a hash of its configuration, so a finished run is found and
+skipped instead of trained again. :func:`load_records` gathers the records into one
+DataFrame. Records live in ``results/runs/`` (outside git).
+
+What is measured is a :class:`Measurements`: ``evaluate`` runs on the model before and after
+the edit (the before values are cached per task, since every localization starts from the
+same model), ``attack`` only on the edited model (relearning, probes: anything that needs the
+edited weights). Their ``settings`` are part of the run's key, so changing what is measured
+re-runs the grid instead of mixing old and new metrics.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -27,6 +37,7 @@ from helpers.seed import seed_everything
 from helpers.tasks import EditTask
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "peft", "scikit-learn", "pandas")
+PURPOSES = ("evaluation", "validation")
 
 
 def answer_probabilities(model: LoadedModel, frame: pd.DataFrame, answers: list[str], candidates: tuple[str, ...] | None) -> np.ndarray:
@@ -50,42 +61,84 @@ def training_format_metrics(model: LoadedModel, task: EditTask) -> dict[str, flo
     return metrics
 
 
+Evaluate = Callable[[LoadedModel, EditTask], dict[str, float]]
+Attack = Callable[[LoadedModel, EditTask, Localization], dict]
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What a run measures: ``evaluate`` before and after the edit, ``attack`` after it only."""
+
+    evaluate: Evaluate = training_format_metrics
+    attack: Attack | None = None
+    settings: dict = field(default_factory=dict)  # everything that changes the numbers; part of the key
+
+    def key(self) -> dict:
+        return {
+            "evaluate": self.evaluate.__qualname__,
+            "attack": self.attack.__qualname__ if self.attack else None,
+            "settings": self.settings,
+        }
+
+
 def run_key(configuration: dict) -> str:
     """A short hash of a run's configuration (its record's file name)."""
-    return hashlib.sha256(json.dumps(configuration, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(configuration, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def baseline_metrics(model: LoadedModel, task: EditTask, measurements: Measurements) -> dict[str, float]:
+    """``measurements.evaluate`` on the unedited model, cached in ``results/baselines/``."""
+    key = run_key({"model": model.name, "task": task.fingerprint(), "measure": measurements.key()})
+    path = results_dir("baselines") / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    metrics = measurements.evaluate(model, task)
+    path.write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
 
 
 def run_experiment(
     model: LoadedModel, task: EditTask, localization: Localization, general_chunks: torch.Tensor,
-    config: TrainingConfig, *, seed: int, task_seed: int, progress: bool = False,
+    config: TrainingConfig, *, seed: int, task_seed: int, measurements: Measurements = Measurements(),
+    purpose: str = "evaluation", progress: bool = False,
 ) -> dict:
-    """Train, measure and record one run; return the existing record if this run was done."""
+    """Train, measure and record one run; return the existing record if this run was done.
+
+    The model's weights are the original ones again when this returns.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
     configuration = {
-        "task": task.name, "task_seed": task_seed, "n_forget": len(task.forget_train),
-        "localization": localization.name, "components": localization.ids, "model": model.name,
-        "seed": seed, "training": config.to_dict(),
+        "purpose": purpose, "task": task.name, "task_seed": task_seed, "task_fingerprint": task.fingerprint(),
+        "n_forget": len(task.forget_train), "localization": localization.name, "components": localization.ids,
+        "model": model.name, "seed": seed, "training": config.to_dict(), "measurements": measurements.key(),
     }
     path = results_dir("runs") / f"{run_key(configuration)}.json"
     if path.exists():
         return json.loads(path.read_text())
+    before = baseline_metrics(model, task, measurements)
     seed_everything(seed)
-    before = training_format_metrics(model, task)
     with restored(model, localization):
         log = train_localized(model, localization, task, general_chunks, config, seed=seed, progress=progress)
-        after = training_format_metrics(model, task)
+        start = time.perf_counter()
+        after = measurements.evaluate(model, task)
+        attacks = measurements.attack(model, task, localization) if measurements.attack else {}
+        measure_seconds = time.perf_counter() - start
     record = {
         **configuration, "n_parameters": localization.n_parameters,
         "versions": {name: version(name) for name in PACKAGES},
-        "seconds": log.seconds, "curves": log.to_dict(), "metrics_before": before, "metrics": after,
+        "seconds": log.seconds, "measure_seconds": measure_seconds, "curves": log.to_dict(),
+        "metrics_before": before, "metrics": after, "attacks": attacks,
     }
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
-def load_records(folder: Path | None = None) -> pd.DataFrame:
-    """Every run record as one row; nested fields flattened (``metrics.forget_error``, ...)."""
+def load_records(folder: Path | None = None, *, purpose: str | None = "evaluation") -> pd.DataFrame:
+    """Every run record as one row (of one ``purpose``, or all); nested fields flattened (``metrics.forget_error``)."""
     folder = folder or results_dir("runs")
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    records = [r for r in records if purpose is None or r.get("purpose") == purpose]
     if not records:
         return pd.DataFrame()
     return pd.json_normalize(records, sep=".")

@@ -23,6 +23,7 @@ hyper-parameters never shares a fact with the task that is evaluated.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -46,6 +47,14 @@ class EditTask:
     maintain_train: pd.DataFrame
     maintain_eval: pd.DataFrame
     candidates: tuple[str, ...] | None
+
+    def fingerprint(self) -> str:
+        """A short hash of the task's content (which facts, which answers, which mode)."""
+        parts = [self.name, self.mode, str(self.candidates)]
+        for split in ("forget_train", "forget_eval", "maintain_train", "maintain_eval"):
+            frame = getattr(self, split)
+            parts += [split, *(f"{s}|{t}|{n}" for s, t, n in zip(frame.subject, frame.true, frame.new))]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def subjects(self) -> dict[str, set[str]]:
         """The subjects of each split (for checking that splits do not overlap)."""

@@ -1,0 +1,113 @@
+"""Choosing each localization's hyper-parameters on a validation task, never on the evaluated facts.
+
+The paper swept the learning rate and the forget-loss weight ``c_f`` per method and tuned them
+on the very facts it then evaluated. Here the sweep runs on a **validation task**: facts drawn
+with their own seed and held out of every evaluation task (:func:`validation_and_evaluation_tasks`).
+
+The selection rule (:func:`validation_score`, :func:`select`), fixed before looking at results:
+score each configuration by the mean of its forget-side metric (edit accuracy for an edit,
+forget error for unlearning) and its maintain accuracy, both on the validation task's fact
+prompt; keep the highest score per localization; among scores within ``tie`` of the best,
+prefer the smallest learning rate, then the smallest ``c_f`` (the gentlest edit that works).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from helpers.cache import results_dir, slug
+from helpers.finetune import TrainingConfig
+from helpers.localization import Localization
+from helpers.models import LoadedModel
+from helpers.records import run_experiment
+from helpers.tasks import EditTask
+
+VALIDATION_SEED = 10_000  # the validation task's seed; evaluation tasks use small seeds
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The values tried: every learning rate with every forget weight ``c_f``."""
+
+    learning_rates: tuple[float, ...]
+    forget_weights: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if not self.learning_rates or not self.forget_weights:
+            raise ValueError("A sweep needs at least one learning rate and one forget weight")
+
+    def configs(self, base: TrainingConfig) -> list[TrainingConfig]:
+        """``base`` with each (learning rate, c_f) pair; :class:`TrainingConfig` checks the ranges."""
+        return [replace(base, learning_rate=lr, forget_weight=cf) for lr in self.learning_rates for cf in self.forget_weights]
+
+
+def validation_and_evaluation_tasks(
+    make_task: Callable[..., EditTask], known: pd.DataFrame, *, seeds: Sequence[int], **task_args,
+) -> tuple[EditTask, dict[int, EditTask]]:
+    """A validation task, and one evaluation task per seed built without its forget subjects."""
+    validation = make_task(known, seed=VALIDATION_SEED, **task_args)
+    held_out = set(validation.forget_train.subject) | set(validation.forget_eval.subject)
+    return validation, {seed: make_task(known, seed=seed, holdout=held_out, **task_args) for seed in seeds}
+
+
+def validation_score(metrics: dict[str, float], mode: str) -> float:
+    """Mean of the forget-side metric (edit accuracy, or forget error for unlearning) and maintain accuracy."""
+    forget_side = metrics["edit_accuracy"] if mode == "edit" else metrics["forget_error"]
+    return (forget_side + metrics["maintain_accuracy"]) / 2
+
+
+def sweep(
+    model: LoadedModel, task: EditTask, localizations: Sequence[Localization], general_chunks: torch.Tensor,
+    base: TrainingConfig, grid: SweepGrid, *, seed: int, progress: bool = True,
+) -> pd.DataFrame:
+    """Train every localization with every configuration of ``grid`` on the validation ``task``."""
+    runs = [(loc, config) for loc in localizations for config in grid.configs(base)]
+    rows = []
+    for localization, config in tqdm(runs, desc=f"sweep {task.name}", disable=not progress, unit="run"):
+        record = run_experiment(
+            model, task, localization, general_chunks, config, seed=seed, task_seed=VALIDATION_SEED, purpose="validation",
+        )
+        rows.append({
+            "localization": localization.name, "learning_rate": config.learning_rate,
+            "forget_weight": config.forget_weight, **record["metrics"],
+            "score": validation_score(record["metrics"], task.mode),
+        })
+    return pd.DataFrame(rows)
+
+
+def select(results: pd.DataFrame, *, tie: float = 0.01) -> pd.DataFrame:
+    """One row per localization: the configuration the selection rule picks (see the module doc)."""
+    if results.empty:
+        raise ValueError("No sweep results to select from")
+    chosen = []
+    for _, group in results.groupby("localization", sort=False):
+        near_best = group[group.score >= group.score.max() - tie]
+        chosen.append(near_best.sort_values(["learning_rate", "forget_weight"]).iloc[0])
+    return pd.DataFrame(chosen).reset_index(drop=True)
+
+
+def choices_path(model_name: str, task_name: str) -> Path:
+    return results_dir("hyperparameters", slug(model_name)) / f"{task_name}.json"
+
+
+def save_choices(choices: pd.DataFrame, model_name: str, task_name: str) -> Path:
+    """Write the chosen (learning rate, c_f) per localization; return the path."""
+    path = choices_path(model_name, task_name)
+    columns = ["localization", "learning_rate", "forget_weight", "score"]
+    path.write_text(json.dumps(choices[columns].to_dict(orient="records"), indent=1) + "\n")
+    return path
+
+
+def chosen_configs(choices: pd.DataFrame, base: TrainingConfig) -> dict[str, TrainingConfig]:
+    """``base`` with each localization's chosen learning rate and ``c_f``."""
+    return {
+        row.localization: replace(base, learning_rate=float(row.learning_rate), forget_weight=float(row.forget_weight))
+        for row in choices.itertuples()
+    }

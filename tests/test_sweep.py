@@ -1,0 +1,91 @@
+"""Hyper-parameter sweep: validation facts never evaluated, the selection rule as written, the grid."""
+
+import pandas as pd
+import pytest
+
+from helpers.finetune import TrainingConfig, retain_chunks
+from helpers.grid import plan_runs, run_grid
+from helpers.localization import Component, Localization
+from helpers.prompts import SPORTS
+from helpers.records import Measurements, load_records
+from helpers.sweep import (
+    SweepGrid,
+    chosen_configs,
+    save_choices,
+    select,
+    sweep,
+    validation_and_evaluation_tasks,
+    validation_score,
+)
+from helpers.tasks import counterfact_edit, sports_athlete_edit
+
+NAMES = [f"Player{i}" for i in range(30)]
+ATHLETES = pd.DataFrame({"athlete": NAMES, "sport": [SPORTS[i % 3] for i in range(len(NAMES))]})
+BASE = TrainingConfig(steps=2, batch_size=4, retain_batch_size=1, retain_length=16, retain_positions=4)
+
+
+def test_validation_facts_are_held_out_of_every_evaluated_task():
+    validation, evaluated = validation_and_evaluation_tasks(sports_athlete_edit, ATHLETES, seeds=[0, 1, 2], n_facts=4, n_maintain=4)
+    held_out = set(validation.forget_train.subject)
+    assert len(held_out) == 4 and set(evaluated) == {0, 1, 2}
+    for task in evaluated.values():
+        for split, subjects in task.subjects().items():
+            assert not held_out & subjects, split
+
+
+def test_counterfact_validation_holds_out_subjects():
+    facts = pd.DataFrame({
+        "subject": [f"S{i}" for i in range(20)], "prompt": [f"S{i} speaks" for i in range(20)],
+        "target_true": ["French"] * 20, "target_new": ["English"] * 20,
+        "mcq_wrong_options": [["English", "German", "Dutch"]] * 20,
+        "paraphrase_prompts": [[]] * 20, "neighborhood_prompts": [[]] * 20,
+    })
+    validation, evaluated = validation_and_evaluation_tasks(counterfact_edit, facts, seeds=[0], n_facts=3, n_maintain=3)
+    assert not set(validation.forget_eval.subject) & set(evaluated[0].forget_eval.subject)
+
+
+def test_score_is_the_mean_of_the_forget_side_and_maintain():
+    metrics = {"edit_accuracy": 0.8, "forget_error": 0.9, "maintain_accuracy": 0.6}
+    assert validation_score(metrics, "edit") == pytest.approx(0.7)
+    assert validation_score(metrics, "unlearn") == pytest.approx(0.75)
+
+
+def test_select_prefers_the_gentlest_configuration_among_near_ties():
+    results = pd.DataFrame({
+        "localization": ["a", "a", "a", "b", "b"],
+        "learning_rate": [1e-5, 3e-5, 1e-4, 1e-5, 1e-4],
+        "forget_weight": [1.0] * 5,
+        "score": [0.50, 0.795, 0.80, 0.9, 0.5],
+    })
+    chosen = select(results).set_index("localization")
+    assert chosen.loc["a", "learning_rate"] == 3e-5  # within .01 of the best, smaller
+    assert chosen.loc["b", "learning_rate"] == 1e-5
+    configs = chosen_configs(chosen.reset_index(), BASE)
+    assert configs["a"].learning_rate == 3e-5 and configs["a"].steps == BASE.steps
+    with pytest.raises(ValueError, match="No sweep results"):
+        select(results.iloc[:0])
+
+
+def test_sweep_grid_needs_values_and_checks_ranges():
+    with pytest.raises(ValueError, match="at least one learning rate"):
+        SweepGrid(())
+    with pytest.raises(ValueError, match="learning_rate"):
+        SweepGrid((2.0,)).configs(BASE)
+
+
+def test_sweep_records_are_validation_and_the_grid_runs_every_cell(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHUNLEARN_RESULTS", str(tmp_path))
+    validation, evaluated = validation_and_evaluation_tasks(sports_athlete_edit, ATHLETES, seeds=[0, 1], n_facts=4, n_maintain=4)
+    locs = [Localization.build(f"mlp{l}", tiny_model, [Component("mlp", l)], "test") for l in (0, 1)]
+    chunks = retain_chunks(tiny_model, ["The river flows slowly through the green valley. " * 20], 16)
+    results = sweep(tiny_model, validation, locs, chunks, BASE, SweepGrid((1e-4, 1e-3)), seed=0, progress=False)
+    assert len(results) == 4 and results.score.between(0, 1).all()
+    chosen = select(results)
+    assert save_choices(chosen, tiny_model.name, validation.name).exists()
+    runs = plan_runs(evaluated, locs, chosen_configs(chosen, BASE))
+    assert len(runs) == 4
+    grid = run_grid(tiny_model, runs, chunks, Measurements(), progress=False)
+    assert sorted(zip(grid.seed, grid.localization)) == [(0, "mlp0"), (0, "mlp1"), (1, "mlp0"), (1, "mlp1")]
+    assert len(load_records()) == 4 and len(load_records(purpose="validation")) == 4
+    with pytest.raises(ValueError, match="No training config"):
+        plan_runs(evaluated, locs, {})
