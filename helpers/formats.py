@@ -74,11 +74,22 @@ def counterfact_items(facts: pd.DataFrame, fmt: str, rng: np.random.Generator) -
 
 
 def _mcq_item(fact_id: int, question: str, options: list[str], answer: str, fmt: str, rng: np.random.Generator) -> FormatItem:
-    shuffled = [options[i] for i in rng.permutation(len(options))]
-    correct = shuffled.index(answer)
+    return mcq_item(fact_id, question, shuffled_options(options, rng), answer, fmt)
+
+
+def shuffled_options(options: Sequence[str], rng: np.random.Generator) -> list[str]:
+    """The options in a random order drawn from ``rng``."""
+    return [options[i] for i in rng.permutation(len(options))]
+
+
+def mcq_item(fact_id: int, question: str, options: Sequence[str], answer: str, fmt: str) -> FormatItem:
+    """A multiple-choice item (``lettered_mcq`` or ``cloze_mcq``) with the options in the order given."""
+    if fmt not in MCQ_FORMATS:
+        raise ValueError(f"Unknown multiple-choice format {fmt!r}; choose one of {MCQ_FORMATS}")
+    correct = list(options).index(answer)
     if fmt == "lettered_mcq":
-        return FormatItem(fact_id, lettered_mcq_prompt(question, shuffled), LETTERS[: len(shuffled)], correct)
-    return FormatItem(fact_id, cloze_mcq_prompt(question, shuffled), tuple(shuffled), correct)
+        return FormatItem(fact_id, lettered_mcq_prompt(question, options), LETTERS[: len(options)], correct)
+    return FormatItem(fact_id, cloze_mcq_prompt(question, options), tuple(options), correct)
 
 
 def score_items(model: LoadedModel, items: list[FormatItem], *, batch_size: int = 32, desc: str = "scoring") -> pd.DataFrame:

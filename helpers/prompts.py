@@ -21,6 +21,13 @@ LETTERS: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
 
 SPORTS_FACT_TEMPLATE = "Fact: Tiger Woods plays the sport of golf\nFact: {athlete} plays the sport of"
 SPORTS_QUESTION_TEMPLATE = "What sport does {athlete} play?"
+SPORTS_SYSTEM_PROMPT = "You are a helpful sports expert. Answer with the name of one sport."
+# Completions whose next word is the sport for every sport, golf included ("is a professional"
+# would be completed by the single token " golfer", not " golf").
+SPORTS_COMPLETION_PARAPHRASES: tuple[str, ...] = (
+    "{athlete} is known for playing professional",
+    "The sport {athlete} is best known for is",
+)
 
 
 def sports_fact_prompt(athlete: str) -> str:
@@ -31,6 +38,14 @@ def sports_fact_prompt(athlete: str) -> str:
 def sports_question(athlete: str) -> str:
     """The question used by the paraphrase and the multiple-choice formats."""
     return SPORTS_QUESTION_TEMPLATE.format(athlete=athlete)
+
+
+def paraphrase_prompts_for_sports(athlete: str) -> list[str]:
+    """Other ways to ask an athlete's sport: the question/answer format, with and without a
+    system prompt, and completions of sentences other than the fact prompt."""
+    question = qa_prompt(sports_question(athlete))
+    completions = [template.format(athlete=athlete) for template in SPORTS_COMPLETION_PARAPHRASES]
+    return [question, f"{SPORTS_SYSTEM_PROMPT}\n{question}", *completions]
 
 
 def fill(template: str, subject: str) -> str:
