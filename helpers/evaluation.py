@@ -19,7 +19,7 @@ Each metric is a probability, as in the paper (not an argmax accuracy):
   which an edit of sports facts must not touch, and vice versa.
 
 Completion formats are scored like :func:`helpers.records.answer_probabilities`: for sports,
-renormalized over the task's candidates (the four sport answers); for CounterFact, the
+renormalized over the task's candidates (see :mod:`helpers.tasks`); for CounterFact, the
 full-vocabulary probability of the answer's first token. Multiple-choice formats are
 renormalized over the options (the letters, or the option words). All prompts of one format,
 forget and maintain facts together, are scored in one :func:`candidate_probs` call.
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from helpers.finetune import retain_chunks
 from helpers.formats import MCQ_FORMATS, mcq_item, shuffled_options
 from helpers.models import LoadedModel
-from helpers.prompts import SPORT_ANSWERS, completion_question, paraphrase_prompts_for_sports, sports_question
+from helpers.prompts import SPORT_ANSWERS, SPORTS, completion_question, paraphrase_prompts_for_sports, sports_question
 from helpers.scoring import candidate_probs, renormalize
 from helpers.tasks import EditTask, _athlete_rows, _fact_rows
 
@@ -271,7 +271,7 @@ def quiz_accuracy(model: LoadedModel, task: EditTask, quiz: pd.DataFrame, *, bat
     overlap = set(quiz.subject) & set().union(*task.subjects().values())
     if overlap:
         raise ValueError(f"The quiz shares subjects with task {task.name!r}: {sorted(overlap)[:5]}")
-    candidates = None if is_sports(task) else SPORT_ANSWERS
+    candidates = None if is_sports(task) else SPORTS  # athletes are known over the three sports (chapter 00)
     questions = completion_questions(quiz, "quiz", "fact", candidates, with_new=False)
     return float(per_fact_probabilities(model, questions, renormalized=candidates is not None, batch_size=batch_size).p_true.mean())
 

@@ -34,7 +34,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from helpers.localization import Localization
 from helpers.models import LoadedModel
-from helpers.scoring import first_token_ids
+from helpers.scoring import first_token_ids, last_token_logits
 from helpers.tasks import EditTask
 
 
@@ -85,10 +85,8 @@ class TrainingConfig:
 
 
 def answer_logits(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
-    """Last-position logits (n, vocab) of left-padded prompts, with gradients."""
-    batch = model.tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
-    position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    return model.hf_model(**batch, position_ids=position_ids, logits_to_keep=1).logits[:, -1].float()
+    """Last-position logits (n, vocab) in float32, with gradients (a shared prompt prefix runs once)."""
+    return last_token_logits(model, list(prompts)).float()
 
 
 def answer_loss(model: LoadedModel, prompts: Sequence[str], answers: Sequence[str]) -> torch.Tensor:

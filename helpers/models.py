@@ -40,6 +40,11 @@ class LoadedModel:
         return self.hf_model.config.get_text_config().num_hidden_layers
 
     @property
+    def bridge_built(self) -> bool:
+        """Whether the bridge exists (it wraps the Hugging Face modules in place once built)."""
+        return self._bridge is not None
+
+    @property
     def bridge(self):
         """A ``transformer_lens.model_bridge.TransformerBridge`` sharing this model's weights."""
         if self._bridge is None:

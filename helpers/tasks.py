@@ -5,9 +5,13 @@ measured on ``forget_eval``) and a **maintain** set (other facts of the same kin
 not move; trained on ``maintain_train``, measured on ``maintain_eval``). Each row has a
 ``prompt`` (the fact template, the training format), a ``subject``, the ``true`` answer and,
 for edits, the ``new`` one; ``wrong_options`` (the wrong answers a multiple-choice question
-lists: the other sports, or CounterFact's ``mcq_wrong_options``), and for CounterFact its
-``paraphrase_prompts`` and ``neighborhood_prompts`` (empty lists for sports). ``candidates`` lists the answers scored against each other
-(the sports; ``None`` for CounterFact, scored over the full vocabulary).
+lists: the three other sport answers, golf included, or CounterFact's ``mcq_wrong_options``),
+and for CounterFact its ``paraphrase_prompts`` and ``neighborhood_prompts`` (empty lists for
+sports). ``candidates`` lists the answers a completion is scored against (renormalized over
+them); ``None`` for CounterFact, scored over the full vocabulary. Sports-Athlete-Edit scores
+over the three sports, as the knowledge filter of chapter 00 does: adding golf, as the paper
+does, would let the one-shot prompt's "golf" take a third of the mass on this small model.
+Sports-Sport-Edit needs golf, its target, among the candidates.
 
 - **Sports-Athlete-Edit**: N athletes, each moved to a random other sport; trained and
   evaluated on the same athletes.
@@ -119,7 +123,7 @@ def sports_athlete_edit(
     new = [str(rng.choice([s for s in SPORTS if s != sport])) for sport in forget.sport] if mode == "edit" else None
     rows = _athlete_rows(forget, new)
     maintain_train, maintain_eval = _split_maintain(_athlete_rows(pool.iloc[order[n_facts:]]), n_maintain, rng)
-    return EditTask(f"sports_athlete_{mode}", mode, rows, rows, maintain_train, maintain_eval, SPORT_ANSWERS)
+    return EditTask(f"sports_athlete_{mode}", mode, rows, rows, maintain_train, maintain_eval, SPORTS)
 
 
 def sports_sport_edit(

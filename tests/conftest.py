@@ -21,12 +21,12 @@ def gemma_tokenizer():
     return tokenizer
 
 
-def tiny_gemma_config(vocab_size: int, n_layers: int = 2) -> Gemma3TextConfig:
+def tiny_gemma_config(vocab_size: int, n_layers: int = 2, sliding_window: int = 16) -> Gemma3TextConfig:
     """A small Gemma3 (2 layers by default) with the real vocabulary."""
     return Gemma3TextConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256,
-        sliding_window=16, layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"],
+        sliding_window=sliding_window, layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"],
         architectures=["Gemma3ForCausalLM"],  # TransformerLens picks its adapter by this name
     )
 

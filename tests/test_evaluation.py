@@ -40,10 +40,10 @@ def counterfact_task(mode="edit"):
     return counterfact_edit(FACTS, 3, seed=0, mode=mode, n_maintain=3)
 
 
-def p_sport(model, prompts, answers):
-    """P(answer) renormalized over the four sport answers, per prompt."""
-    probs = renormalize(candidate_probs(model, prompts, list(SPORT_ANSWERS), progress=False))
-    return probs[np.arange(len(prompts)), [SPORT_ANSWERS.index(a) for a in answers]]
+def p_sport(model, prompts, answers, candidates=SPORTS):
+    """P(answer) renormalized over the sport answers (the three sports, as Sports-Athlete-Edit scores), per prompt."""
+    probs = renormalize(candidate_probs(model, prompts, list(candidates), progress=False))
+    return probs[np.arange(len(prompts)), [candidates.index(a) for a in answers]]
 
 
 def p_vocab(model, prompts, answers):
@@ -216,9 +216,9 @@ def test_the_embedded_model_knows_its_known_facts_in_every_metric(embedded_model
     task = sports_athlete_edit(athletes, 4, seed=0, n_maintain=8)
     quiz = other_kind_quiz(task, athletes=athletes, facts=facts, n=8)
     metrics = evaluate_task(embedded_model, task, quiz=quiz, general_chunks_or_texts=load_general_text("heldout"), max_general_tokens=512)
-    # The cached knowledge scores hold each sport's full-vocabulary probability: renormalize over the four.
-    scores = athletes.set_index("athlete").loc[task.maintain_eval.subject, [f"p_{a}" for a in SPORT_ANSWERS]].to_numpy()
-    p_true = renormalize(scores)[np.arange(len(scores)), [SPORT_ANSWERS.index(s) for s in task.maintain_eval.true]]
+    # The cached knowledge scores hold each sport's full-vocabulary probability: renormalize over the three.
+    scores = athletes.set_index("athlete").loc[task.maintain_eval.subject, [f"p_{a}" for a in SPORTS]].to_numpy()
+    p_true = renormalize(scores)[np.arange(len(scores)), [SPORTS.index(s) for s in task.maintain_eval.true]]
     assert metrics["maintain_accuracy"] == pytest.approx(p_true.mean(), abs=1e-4)
     assert metrics["quiz_accuracy"] >= 0.5  # every known fact has P(true) >= 0.5
     assert 1 < metrics["general_loss"] < 6

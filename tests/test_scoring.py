@@ -1,7 +1,16 @@
 import numpy as np
 import pytest
 
-from helpers.scoring import candidate_probs, first_token_ids, renormalize
+import torch
+
+from helpers.prompts import sports_fact_prompt
+import helpers.scoring as scoring
+from helpers.models import LoadedModel
+from helpers.scoring import candidate_probs, first_token_ids, last_token_logits, renormalize
+from tests.conftest import tiny_gemma_config
+from transformers import Gemma3ForCausalLM
+
+SHARED = scoring._logits_after_shared_prefix
 
 PROMPTS = ["Fact: Tiger Woods plays the sport of", "Hello", "The official language of France is the language called"]
 ANSWERS = ["basketball", "baseball", "golf"]
@@ -45,3 +54,24 @@ def test_bad_inputs(tiny_model):
         candidate_probs(tiny_model, PROMPTS[:2], [["a", "b"], ["a"]], progress=False)
     with pytest.raises(ValueError, match="empty"):
         first_token_ids(tiny_model.tokenizer, [" "])
+
+
+@pytest.mark.parametrize("window", [64, 16])  # 16: shorter than the batch, so the plain batch is used
+def test_shared_prefix_gives_the_same_logits_and_gradients(gemma_tokenizer, window, monkeypatch):
+    torch.manual_seed(0)
+    model = LoadedModel("tiny", Gemma3ForCausalLM(tiny_gemma_config(len(gemma_tokenizer), sliding_window=window)).eval(),
+                        gemma_tokenizer, "test")
+    calls = []
+    monkeypatch.setattr(scoring, "_logits_after_shared_prefix", lambda *a: calls.append(1) or SHARED(*a))
+    prompts = [sports_fact_prompt(name) for name in ("Alice Smith", "Bo", "Chen Wei Long", "Dmitri")]
+    weight = model.hf_model.model.layers[0].mlp.down_proj.weight
+    results = []
+    for share in (True, False):
+        weight.requires_grad_(True)
+        weight.grad = None
+        logits = last_token_logits(model, prompts, share_prefix=share).float()
+        logits.log_softmax(-1)[:, 7].sum().backward()
+        results.append((logits.detach(), weight.grad.clone()))
+    assert len(calls) == (1 if window == 64 else 0)
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-3)
