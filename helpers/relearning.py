@@ -1,0 +1,237 @@
+"""Adversarial relearning: does a little fine-tuning on some forgotten facts bring back the rest?
+
+After an edit, the forget set is split by subject into two halves (:func:`relearning_split`).
+The edited model is fine-tuned on the first half toward the TRUE answers, together with the
+task's maintain facts and general text (the same three losses as the edit, from
+:mod:`helpers.finetune`), and P(true) on the second half is measured with the fact prompt at
+steps 0, ``eval_every``, 2 * ``eval_every``, ... The relearning error is 1 - P(true); an edit
+that truly removed the facts keeps it high.
+
+Two attacks:
+
+- ``"lora"``: a LoRA adapter (peft) on every linear layer of the attention and MLP blocks
+  (the paper: r=512, alpha=32, lr 2e-4, cosine, 20 steps; r is a parameter here);
+- ``"full"``: full fine-tuning of the edited localization's own weights.
+
+Both leave the model bit-identical afterwards: the LoRA layers are swapped back for the very
+``nn.Linear`` objects they wrapped (peft's ``unload()`` is not used: under a TransformerLens
+bridge, whose wrappers forward attribute lookups to the wrapped module, it replaces the
+bridge's wrappers themselves), and the localization's weights are restored by
+:func:`helpers.finetune.restored`. Every parameter's ``requires_grad`` flag and the
+train/eval mode are put back as well, so an attack can run inside ``restored(...)``.
+
+For CounterFact the attack relearns toward ``target_true``; the authors' code trained toward
+``target_new`` by mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from helpers.finetune import PRECISIONS, answer_loss, autocast, restored, retain_loss
+from helpers.localization import Localization
+from helpers.models import LoadedModel
+from helpers.records import answer_probabilities
+from helpers.tasks import EditTask
+
+ATTACKS = ("lora", "full")
+
+
+@dataclass(frozen=True)
+class RelearnConfig:
+    """Hyper-parameters of one relearning attack."""
+
+    steps: int = 20
+    eval_every: int = 10  # P(true) on the held-out half at steps 0, eval_every, ... and the last
+    learning_rate: float = 2e-4
+    lora_rank: int = 64
+    lora_alpha: float = 32.0
+    batch_size: int = 8  # facts per step, for the relearned and for the maintain loss
+    retain_batch_size: int = 4  # general-text sequences per step (0: no retain loss)
+    retain_positions: int = 16  # positions per sequence at which the retain loss is computed
+    grad_clip: float = 1.0
+    precision: str = "float32"  # "bfloat16": autocast matmuls to bf16
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps": self.steps >= 1, "eval_every": 1 <= self.eval_every <= self.steps,
+            "learning_rate": 0 < self.learning_rate < 1, "lora_rank": self.lora_rank >= 1,
+            "lora_alpha": self.lora_alpha > 0, "batch_size": self.batch_size >= 1,
+            "retain_batch_size": self.retain_batch_size >= 0, "retain_positions": self.retain_positions >= 1,
+            "grad_clip": self.grad_clip > 0, "precision": self.precision in PRECISIONS,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"RelearnConfig values out of range: {', '.join(f'{n}={getattr(self, n)}' for n in bad)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def relearning_split(task: EditTask, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The forget facts split by subject (seeded) into a relearned half and a held-out half.
+
+    The forget set is ``forget_train`` and ``forget_eval`` together (one set for the
+    athlete and CounterFact tasks, two halves of a sport for Sports-Sport-Edit). With an odd
+    number of subjects the held-out half gets the extra one.
+    """
+    forget = pd.concat([task.forget_train, task.forget_eval]).drop_duplicates(["subject", "prompt"])
+    subjects = forget.subject.unique()
+    if len(subjects) < 2:
+        raise ValueError(f"Relearning needs a forget set of at least 2 subjects; task {task.name!r} has {len(subjects)}")
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    learned = forget.subject.isin(subjects[order[: len(subjects) // 2]])
+    return forget[learned].reset_index(drop=True), forget[~learned].reset_index(drop=True)
+
+
+@contextmanager
+def preserved_flags(model: LoadedModel) -> Iterator[None]:
+    """On exit, put back every parameter's ``requires_grad`` flag and the train/eval mode."""
+    flags = [(p, p.requires_grad) for p in model.hf_model.parameters()]
+    training = model.hf_model.training
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        model.hf_model.train(training)
+
+
+def _linear_slots(model: LoadedModel) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """``(parent, attribute, linear)`` for every linear layer of the attention and MLP blocks."""
+    slots = []
+    for layer in model.hf_model.get_decoder().layers:
+        for block in (layer.self_attn, layer.mlp):
+            for parent in block.modules():
+                slots += [(parent, name, child) for name, child in parent.named_children() if isinstance(child, nn.Linear)]
+    return slots
+
+
+@contextmanager
+def lora_adapter(model: LoadedModel, rank: int, alpha: float, *, seed: int) -> Iterator[list[nn.Parameter]]:
+    """Inject a LoRA adapter (seeded) into the attention and MLP linear layers; yield its parameters.
+
+    Only the adapter requires gradients. On exit every LoRA layer is replaced by the
+    ``nn.Linear`` it wrapped (never merged), the attributes peft added to the model are
+    deleted and the ``requires_grad`` flags are put back: the module tree is as before.
+    """
+    slots = _linear_slots(model)
+    names = {id(module): name for name, module in model.hf_model.named_modules()}
+    attributes = set(vars(model.hf_model))
+    targets = [names[id(linear)] for *_, linear in slots]
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets)
+    with preserved_flags(model):
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                inject_adapter_in_model(config, model.hf_model)
+            for name, parameter in model.hf_model.named_parameters():
+                parameter.requires_grad_("lora_" in name)
+            yield [p for p in model.hf_model.parameters() if p.requires_grad]
+        finally:
+            for parent, name, linear in slots:
+                setattr(parent, name, linear)
+            for attribute in set(vars(model.hf_model)) - attributes:
+                delattr(model.hf_model, attribute)
+
+
+@contextmanager
+def _attack_parameters(
+    model: LoadedModel, attack: str, localization: Localization | None, config: RelearnConfig, seed: int,
+) -> Iterator[list[nn.Parameter]]:
+    """The parameters an attack trains, the only ones requiring gradients; undone on exit."""
+    if attack == "lora":
+        with lora_adapter(model, config.lora_rank, config.lora_alpha, seed=seed) as parameters:
+            yield parameters
+    else:
+        with restored(model, localization) as parameters:
+            yield parameters
+
+
+def _rows(frame: pd.DataFrame, k: int, rng: np.random.Generator) -> pd.DataFrame:
+    """``k`` random rows (all of them, shuffled, if there are at most ``k``)."""
+    return frame.iloc[rng.permutation(len(frame))[:k]]
+
+
+def mean_p_true(model: LoadedModel, frame: pd.DataFrame, candidates: tuple[str, ...] | None) -> float:
+    """Mean P(true answer) on ``frame``'s fact prompts (the task's probability convention)."""
+    return float(answer_probabilities(model, frame, frame.true.tolist(), candidates).mean())
+
+
+def _train(
+    model: LoadedModel, parameters: list[nn.Parameter], loss: Callable[[np.random.Generator, torch.Generator], torch.Tensor],
+    measure: Callable[[int], dict], config: RelearnConfig, *, seed: int, desc: str, progress: bool,
+) -> list[dict]:
+    """AdamW with a cosine schedule on ``loss``; ``measure(step)`` at step 0 and every ``eval_every``."""
+    rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, 0, config.steps)
+    model.hf_model.eval()
+    rows = [measure(0)]
+    for step in tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, unit="step"):
+        model.hf_model.train()
+        with autocast(model, config.precision):
+            total = loss(rng, generator)
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"The relearning loss diverged at step {step}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        if step % config.eval_every == 0 or step == config.steps:
+            model.hf_model.eval()
+            rows.append({**measure(step), "loss": float(total.detach())})
+    return rows
+
+
+def relearn(
+    model: LoadedModel, task: EditTask, localization: Localization | None, general_chunks: torch.Tensor,
+    config: RelearnConfig, *, attack: str, seed: int, progress: bool = True,
+) -> pd.DataFrame:
+    """Run one relearning attack on the (edited) model; the model is unchanged afterwards.
+
+    ``localization`` is the edited one; only the ``"full"`` attack uses it. ``seed`` fixes
+    the split, the batches and the LoRA initialization. Returns one row per measured step:
+    ``attack``, ``step``, ``p_true`` (mean over the held-out half), ``relearn_error``
+    (1 - p_true), ``p_true_learned`` (the relearned half) and ``loss`` (the training loss of
+    that step; NaN at step 0).
+    """
+    if attack not in ATTACKS:
+        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+    if attack == "full" and localization is None:
+        raise ValueError("The 'full' attack fine-tunes the edited localization's weights: pass it")
+    if task.maintain_train.empty:
+        raise ValueError(f"Task {task.name!r} has no maintain facts to train on")
+    if config.retain_batch_size and config.retain_positions >= general_chunks.shape[1]:
+        raise ValueError(f"retain_positions={config.retain_positions} needs general-text chunks longer than that, "
+                         f"got length {general_chunks.shape[1]}")
+    learned, held_out = relearning_split(task, seed)
+
+    def loss(rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
+        facts, maintain = _rows(learned, config.batch_size, rng), _rows(task.maintain_train, config.batch_size, rng)
+        total = answer_loss(model, facts.prompt, facts.true) + answer_loss(model, maintain.prompt, maintain.true)
+        if config.retain_batch_size:
+            rows = torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)
+            total = total + retain_loss(model, general_chunks[rows], config.retain_positions, generator)
+        return total
+
+    def measure(step: int) -> dict:
+        p_true = mean_p_true(model, held_out, task.candidates)
+        return {"attack": attack, "step": step, "p_true": p_true, "relearn_error": 1 - p_true,
+                "p_true_learned": mean_p_true(model, learned, task.candidates), "loss": float("nan")}
+
+    with preserved_flags(model), _attack_parameters(model, attack, localization, config, seed) as parameters:
+        desc = f"relearn {task.name} ({attack})"
+        rows = _train(model, parameters, loss, measure, config, seed=seed, desc=desc, progress=progress)
+    return pd.DataFrame(rows)

@@ -1,0 +1,167 @@
+"""The soft-prompt attack: a learned universal prefix that tries to bring forgotten facts back.
+
+``n_vectors`` free embedding vectors are inserted between BOS and the fact prompt's tokens
+and trained with Adam, all model weights frozen, to maximize log P(true) on the relearned
+half of the forget set (:func:`helpers.relearning.relearning_split`); P(true) is measured on
+the held-out half, before (no prefix) and after. Probabilities follow the task's convention:
+renormalized over the candidate answers for sports, over the full vocabulary for
+CounterFact; the training objective is the log of that same probability.
+
+The prefix lives in the space of the model's input embeddings, i.e. the output of its
+embedding module: Gemma3 multiplies token embeddings by sqrt(d_model) there, and uses
+``inputs_embeds`` as given. Each vector is trained in units of the mean token-embedding norm
+(so one learning rate suits any model) and projected after every step to a norm of at most
+``max_norm`` such units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from helpers.finetune import PRECISIONS, autocast
+from helpers.models import LoadedModel
+from helpers.relearning import mean_p_true, preserved_flags, relearning_split
+from helpers.scoring import first_token_ids
+from helpers.tasks import EditTask
+
+
+@dataclass(frozen=True)
+class SoftPromptConfig:
+    """Hyper-parameters of the soft-prompt attack."""
+
+    n_vectors: int = 8
+    max_norm: float = 1.0  # per vector, in units of the mean token-embedding norm
+    steps: int = 50
+    learning_rate: float = 1e-2  # Adam, on the vectors in units of the mean token-embedding norm
+    batch_size: int = 16  # facts per step (and per evaluation batch)
+    precision: str = "float32"  # "bfloat16": autocast matmuls to bf16
+
+    def __post_init__(self) -> None:
+        checks = {
+            "n_vectors": self.n_vectors >= 1, "max_norm": self.max_norm > 0, "steps": self.steps >= 1,
+            "learning_rate": 0 < self.learning_rate < 10, "batch_size": self.batch_size >= 1,
+            "precision": self.precision in PRECISIONS,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"SoftPromptConfig values out of range: {', '.join(f'{n}={getattr(self, n)}' for n in bad)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mean_embedding_norm(model: LoadedModel, chunk: int = 16384) -> float:
+    """Mean norm over the vocabulary of the embedding module's outputs (scaling included)."""
+    embedding = model.hf_model.get_input_embeddings()
+    n = embedding.num_embeddings
+    with torch.no_grad():
+        norms = [embedding(torch.arange(start, min(start + chunk, n), device=model.device)).float().norm(dim=-1)
+                 for start in range(0, n, chunk)]
+    return float(torch.cat(norms).mean())
+
+
+def prefixed_logits(model: LoadedModel, prompts: Sequence[str], prefix: torch.Tensor) -> torch.Tensor:
+    """Last-position logits (n, vocab) of the prompts with ``prefix`` (k, d) inserted after BOS.
+
+    The prompts are left-padded; each row becomes ``[pad..., BOS, prefix, prompt tokens]``,
+    with the pads masked and positions counted from BOS. ``k = 0`` gives the plain prompts.
+    """
+    tokenizer = model.tokenizer
+    if tokenizer.padding_side != "left":
+        raise ValueError("The tokenizer must pad on the left")
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
+    embeds = model.hf_model.get_input_embeddings()(batch["input_ids"])
+    rows, masks = [], []
+    for ids, row, mask in zip(batch["input_ids"], embeds, batch["attention_mask"]):
+        cut = int((mask == 0).sum()) + 1  # after the pads and BOS
+        if ids[cut - 1] != tokenizer.bos_token_id:
+            raise ValueError("The tokenizer must start every prompt with BOS")
+        rows.append(torch.cat([row[:cut], prefix.to(row.dtype), row[cut:]]))
+        masks.append(torch.cat([mask[:cut], mask.new_ones(len(prefix)), mask[cut:]]))
+    attention_mask = torch.stack(masks)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    output = model.hf_model(
+        inputs_embeds=torch.stack(rows), attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1,
+    )
+    return output.logits[:, -1].float()
+
+
+def true_log_probs(
+    model: LoadedModel, logits: torch.Tensor, true: Sequence[str], candidates: tuple[str, ...] | None,
+) -> torch.Tensor:
+    """log P(true) per row: over the candidates' first tokens if given, else over the vocabulary."""
+    if candidates is None:
+        targets = torch.tensor(first_token_ids(model.tokenizer, true), device=logits.device)
+        return logits.log_softmax(-1).gather(1, targets[:, None])[:, 0]
+    candidate_logits = logits[:, first_token_ids(model.tokenizer, candidates)]
+    indices = torch.tensor([candidates.index(answer) for answer in true], device=logits.device)
+    return candidate_logits.log_softmax(-1).gather(1, indices[:, None])[:, 0]
+
+
+def prefixed_p_true(
+    model: LoadedModel, frame: pd.DataFrame, candidates: tuple[str, ...] | None, prefix: torch.Tensor, batch_size: int = 16,
+) -> float:
+    """Mean P(true) on ``frame``'s fact prompts with ``prefix`` inserted after BOS."""
+    with torch.no_grad():
+        log_probs = [
+            true_log_probs(model, prefixed_logits(model, part.prompt.tolist(), prefix), part.true.tolist(), candidates)
+            for part in (frame.iloc[start : start + batch_size] for start in range(0, len(frame), batch_size))
+        ]
+    return float(torch.cat(log_probs).exp().mean())
+
+
+def train_soft_prompt(
+    model: LoadedModel, frame: pd.DataFrame, candidates: tuple[str, ...] | None, config: SoftPromptConfig,
+    *, seed: int, progress: bool = True,
+) -> torch.Tensor:
+    """A prefix (n_vectors, d) maximizing mean log P(true) on ``frame``; the model is untouched."""
+    if frame.empty:
+        raise ValueError("No facts to train the soft prompt on")
+    scale = mean_embedding_norm(model)
+    generator = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    start = torch.randn(config.n_vectors, model.hf_model.config.get_text_config().hidden_size, generator=generator)
+    units = (start / start.norm(dim=-1, keepdim=True) * min(1.0, config.max_norm)).to(model.device).requires_grad_(True)
+    optimizer = torch.optim.Adam([units], lr=config.learning_rate)
+    with preserved_flags(model):
+        model.hf_model.eval()
+        for parameter in model.hf_model.parameters():
+            parameter.requires_grad_(False)
+        for _ in tqdm(range(config.steps), desc="soft prompt", disable=not progress, unit="step"):
+            facts = frame.iloc[rng.permutation(len(frame))[: config.batch_size]]
+            with autocast(model, config.precision):
+                logits = prefixed_logits(model, facts.prompt.tolist(), units * scale)
+            loss = -true_log_probs(model, logits, facts.true.tolist(), candidates).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                units.mul_((config.max_norm / units.norm(dim=-1, keepdim=True)).clamp(max=1.0))
+    return (units * scale).detach()
+
+
+def soft_prompt_attack(
+    model: LoadedModel, task: EditTask, config: SoftPromptConfig, *, seed: int, progress: bool = True,
+) -> dict[str, float]:
+    """Train a soft prompt on the relearned half of the forget set; P(true) before and after.
+
+    ``..._before`` is the plain fact prompt; ``..._after`` has the trained prefix. The held-out
+    half gives ``soft_prompt_p_true_*`` and ``soft_prompt_error`` (1 - P(true) after); the
+    trained half gives ``soft_prompt_train_p_true_*``.
+    """
+    learned, held_out = relearning_split(task, seed)
+    prefix = train_soft_prompt(model, learned, task.candidates, config, seed=seed, progress=progress)
+    after = prefixed_p_true(model, held_out, task.candidates, prefix, config.batch_size)
+    return {
+        "soft_prompt_p_true_before": mean_p_true(model, held_out, task.candidates),
+        "soft_prompt_p_true_after": after,
+        "soft_prompt_error": 1 - after,
+        "soft_prompt_train_p_true_before": mean_p_true(model, learned, task.candidates),
+        "soft_prompt_train_p_true_after": prefixed_p_true(model, learned, task.candidates, prefix, config.batch_size),
+    }
