@@ -13,9 +13,13 @@ parameters require gradients; :class:`restored` puts the original weights back i
 afterwards, so many runs share one loaded model.
 
 What makes it fast on a CPU, without changing the loss: only the last position's logits are
-computed for the fact losses (``logits_to_keep``), and only the sampled positions' logits for
-the retain loss (the 262k-token unembedding dominates a small model's cost); layers below the
-first trainable one build no autograd graph, because nothing below them requires gradients.
+computed for the fact losses, and only the sampled positions' logits for the retain loss (the
+262k-token unembedding dominates a small model's cost), as 2-D matrix products
+(:func:`helpers.scoring.unembed`); a prompt prefix shared by a batch runs once
+(:func:`helpers.scoring.last_token_logits`); layers below the first trainable one build no
+autograd graph, because nothing below them requires gradients. ``precision="bfloat16"``
+autocasts the matrix products to bf16 (about twice as fast on this CPU; the losses differ by
+rounding, see ``scripts/benchmark_finetune.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from helpers.localization import Localization
 from helpers.models import LoadedModel
-from helpers.scoring import first_token_ids, last_token_logits
+from helpers.scoring import final_hidden, first_token_ids, last_token_logits, unembed
 from helpers.tasks import EditTask
 
 
@@ -120,9 +124,10 @@ def retain_loss(model: LoadedModel, chunks: torch.Tensor, n_positions: int, gene
     """Next-token cross-entropy on general text at ``n_positions`` random positions per sequence."""
     length = chunks.shape[1]
     positions = torch.randperm(length - 1, generator=generator)[:n_positions].sort().values
-    logits = model.hf_model(chunks.to(model.device), logits_to_keep=positions.to(model.device)).logits.float()
+    hidden = final_hidden(model, input_ids=chunks.to(model.device))[:, positions.to(model.device)]
+    logits = unembed(model, hidden.flatten(0, 1)).float()
     targets = chunks[:, positions + 1].to(model.device)
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    return F.cross_entropy(logits, targets.flatten())
 
 
 @contextmanager

@@ -1,14 +1,23 @@
-"""The experiment grid: every (task, localization, seed) run, recorded, with a progress bar."""
+"""The experiment grid: every (task, localization, seed) run, recorded, with a progress bar.
+
+:func:`run_grid` also writes a manifest (``results/grids/<model>.json``) naming the records of
+the grid it ran, so that the chapters that only read results (05-08) show exactly that grid,
+even when the results folder holds runs of other profiles too.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import json
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from helpers.cache import results_dir, slug
 from helpers.finetune import TrainingConfig
 from helpers.localization import Localization
 from helpers.models import LoadedModel
@@ -53,4 +62,21 @@ def run_grid(
             model, run.task, run.localization, general_chunks, run.config,
             seed=run.seed, task_seed=run.task_seed, measurements=measurements,
         ))
+    manifest_path(model.name).write_text(json.dumps([r["key"] for r in records], indent=1) + "\n")
     return pd.json_normalize(records, sep=".")
+
+
+def manifest_path(model_name: str) -> Path:
+    return results_dir("grids") / f"{slug(model_name)}.json"
+
+
+def load_grid(model_name: str) -> pd.DataFrame:
+    """The records of the last grid :func:`run_grid` ran for ``model_name``, one flattened row each."""
+    path = manifest_path(model_name)
+    if not path.exists():
+        raise FileNotFoundError(f"No grid has been run for {model_name!r} (no {path}); run notebook 04 first")
+    keys = json.loads(path.read_text())
+    missing = [k for k in keys if not (results_dir("runs") / f"{k}.json").exists()]
+    if missing:
+        raise FileNotFoundError(f"The grid's manifest names {len(missing)} records that are gone, e.g. {missing[0]}")
+    return pd.json_normalize([json.loads((results_dir("runs") / f"{k}.json").read_text()) for k in keys], sep=".")

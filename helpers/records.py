@@ -10,7 +10,8 @@ DataFrame. Records live in ``results/runs/`` (outside git).
 What is measured is a :class:`Measurements`: ``evaluate`` runs on the model before and after
 the edit (the before values are cached per task, since every localization starts from the
 same model), ``attack`` only on the edited model (relearning, probes: anything that needs the
-edited weights). Their ``settings`` are part of the run's key, so changing what is measured
+edited weights), and ``prepare``, when given, on the unedited model just before a run trains
+(to keep what an attack compares against, such as the original hidden states). Their ``settings`` are part of the run's key, so changing what is measured
 re-runs the grid instead of mixing old and new metrics.
 """
 
@@ -71,6 +72,7 @@ class Measurements:
 
     evaluate: Evaluate = training_format_metrics
     attack: Attack | None = None
+    prepare: Callable[[LoadedModel, EditTask], None] | None = None
     settings: dict = field(default_factory=dict)  # everything that changes the numbers; part of the key
 
     def key(self) -> dict:
@@ -113,10 +115,13 @@ def run_experiment(
         "n_forget": len(task.forget_train), "localization": localization.name, "components": localization.ids,
         "model": model.name, "seed": seed, "training": config.to_dict(), "measurements": measurements.key(),
     }
-    path = results_dir("runs") / f"{run_key(configuration)}.json"
+    key = run_key(configuration)
+    path = results_dir("runs") / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())
     before = baseline_metrics(model, task, measurements)
+    if measurements.prepare:
+        measurements.prepare(model, task)
     seed_everything(seed)
     with restored(model, localization):
         log = train_localized(model, localization, task, general_chunks, config, seed=seed, progress=progress)
@@ -125,7 +130,7 @@ def run_experiment(
         attacks = measurements.attack(model, task, localization) if measurements.attack else {}
         measure_seconds = time.perf_counter() - start
     record = {
-        **configuration, "n_parameters": localization.n_parameters,
+        "key": key, **configuration, "n_parameters": localization.n_parameters,
         "versions": {name: version(name) for name in PACKAGES},
         "seconds": log.seconds, "measure_seconds": measure_seconds, "curves": log.to_dict(),
         "metrics_before": before, "metrics": after, "attacks": attacks,

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from helpers.finetune import PRECISIONS, autocast
 from helpers.models import LoadedModel
 from helpers.relearning import mean_p_true, preserved_flags, relearning_split
-from helpers.scoring import first_token_ids
+from helpers.scoring import final_hidden, first_token_ids, unembed
 from helpers.tasks import EditTask
 
 
@@ -86,10 +86,8 @@ def prefixed_logits(model: LoadedModel, prompts: Sequence[str], prefix: torch.Te
         masks.append(torch.cat([mask[:cut], mask.new_ones(len(prefix)), mask[cut:]]))
     attention_mask = torch.stack(masks)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    output = model.hf_model(
-        inputs_embeds=torch.stack(rows), attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1,
-    )
-    return output.logits[:, -1].float()
+    hidden = final_hidden(model, inputs_embeds=torch.stack(rows), attention_mask=attention_mask, position_ids=position_ids)
+    return unembed(model, hidden[:, -1]).float()
 
 
 def true_log_probs(

@@ -105,6 +105,14 @@ def save_choices(choices: pd.DataFrame, model_name: str, task_name: str) -> Path
     return path
 
 
+def load_choices(model_name: str, task_name: str) -> pd.DataFrame:
+    """The choices :func:`save_choices` wrote (notebook 04's sweep)."""
+    path = choices_path(model_name, task_name)
+    if not path.exists():
+        raise FileNotFoundError(f"No hyper-parameters chosen for {task_name!r} on {model_name!r} at {path}; run notebook 04 first")
+    return pd.DataFrame(json.loads(path.read_text()))
+
+
 def chosen_configs(choices: pd.DataFrame, base: TrainingConfig) -> dict[str, TrainingConfig]:
     """``base`` with each localization's chosen learning rate and ``c_f``."""
     return {

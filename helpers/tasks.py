@@ -128,16 +128,21 @@ def sports_athlete_edit(
 
 def sports_sport_edit(
     known: pd.DataFrame, sport: str, *, seed: int, mode: str = "edit", n_maintain: int = 64,
-    holdout: Collection[str] = (),
+    holdout: Collection[str] = (), n_athletes: int | None = None,
 ) -> EditTask:
-    """Every known athlete of ``sport`` moved to golf: train on half, evaluate on the other half."""
+    """Every known athlete of ``sport`` moved to golf: train on half, evaluate on the other half.
+
+    ``n_athletes`` caps the athletes used (a seeded sample of the sport), to make the task smaller.
+    """
     if sport not in SPORTS:
         raise ValueError(f"sport must be one of {SPORTS}, got {sport!r}")
     pool = known[~known.athlete.isin(holdout)]
     of_sport = pool[pool.sport == sport]
+    if n_athletes is not None and n_athletes < 2:
+        raise ValueError(f"n_athletes must be at least 2 (half trained, half measured), got {n_athletes}")
     _check(mode, len(of_sport) // 2, len(of_sport), f"{sport} athletes")
     rng = np.random.default_rng(seed)
-    shuffled = of_sport.iloc[rng.permutation(len(of_sport))]
+    shuffled = of_sport.iloc[rng.permutation(len(of_sport))[:n_athletes]]
     half = len(shuffled) // 2
     new = ["golf"] * half if mode == "edit" else None
     train = _athlete_rows(shuffled.iloc[:half], new)

@@ -7,7 +7,7 @@ import pytest
 import helpers.records as records
 from helpers.finetune import TrainingConfig, retain_chunks
 from helpers.localization import Component, Localization
-from helpers.prompts import SPORT_ANSWERS, SPORTS
+from helpers.prompts import SPORTS
 from helpers.records import answer_probabilities, load_records, run_experiment
 from helpers.scoring import candidate_probs, renormalize
 from helpers.tasks import sports_athlete_edit
@@ -19,12 +19,12 @@ CONFIG = TrainingConfig(learning_rate=1e-3, steps=2, batch_size=4, retain_batch_
 
 def test_forget_error_of_an_unedited_model_is_one_minus_its_p_true(tiny_model):
     task = sports_athlete_edit(ATHLETES, 4, seed=0, n_maintain=4)
-    probs = renormalize(candidate_probs(tiny_model, task.forget_eval.prompt.tolist(), list(SPORT_ANSWERS), progress=False))
-    p_true = probs[np.arange(4), [SPORT_ANSWERS.index(s) for s in task.forget_eval.true]]
+    probs = renormalize(candidate_probs(tiny_model, task.forget_eval.prompt.tolist(), list(task.candidates), progress=False))
+    p_true = probs[np.arange(4), [task.candidates.index(s) for s in task.forget_eval.true]]
     metrics = records.training_format_metrics(tiny_model, task)
     assert metrics["forget_error"] == pytest.approx(1 - p_true.mean(), abs=1e-6)
     assert 0 <= metrics["edit_accuracy"] <= 1 and 0 <= metrics["maintain_accuracy"] <= 1
-    np.testing.assert_allclose(answer_probabilities(tiny_model, task.forget_eval, task.forget_eval.true.tolist(), SPORT_ANSWERS), p_true)
+    np.testing.assert_allclose(answer_probabilities(tiny_model, task.forget_eval, task.forget_eval.true.tolist(), task.candidates), p_true)
 
 
 def test_records_are_written_once_and_gathered(tiny_model, tmp_path, monkeypatch):

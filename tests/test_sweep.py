@@ -4,13 +4,14 @@ import pandas as pd
 import pytest
 
 from helpers.finetune import TrainingConfig, retain_chunks
-from helpers.grid import plan_runs, run_grid
+from helpers.grid import load_grid, plan_runs, run_grid
 from helpers.localization import Component, Localization
 from helpers.prompts import SPORTS
 from helpers.records import Measurements, load_records
 from helpers.sweep import (
     SweepGrid,
     chosen_configs,
+    load_choices,
     save_choices,
     select,
     sweep,
@@ -87,5 +88,7 @@ def test_sweep_records_are_validation_and_the_grid_runs_every_cell(tiny_model, t
     grid = run_grid(tiny_model, runs, chunks, Measurements(), progress=False)
     assert sorted(zip(grid.seed, grid.localization)) == [(0, "mlp0"), (0, "mlp1"), (1, "mlp0"), (1, "mlp1")]
     assert len(load_records()) == 4 and len(load_records(purpose="validation")) == 4
+    assert sorted(load_grid(tiny_model.name).key) == sorted(grid.key)
+    assert load_choices(tiny_model.name, validation.name).localization.tolist() == chosen.localization.tolist()
     with pytest.raises(ValueError, match="No training config"):
         plan_runs(evaluated, locs, {})

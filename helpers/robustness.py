@@ -1,0 +1,92 @@
+"""Everything the robustness chapters measure on an edit, packaged as the grid's :class:`Measurements`.
+
+Before and after the edit (:meth:`Robustness.evaluate`): every prompt format of
+:mod:`helpers.evaluation` (fact prompt, paraphrases, neighborhood, lettered and cloze multiple
+choice), the loss on held-out general text and a quiz of facts of the other kind.
+After the edit only (:meth:`Robustness.attack`): the relearning attacks of
+:mod:`helpers.relearning`, the soft-prompt attack of :mod:`helpers.soft_prompt`, and for sports
+the latent probes of :mod:`helpers.latent` (the original hidden states are read by
+:meth:`Robustness.prepare` just before the edit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+import torch
+
+from helpers.evaluation import evaluate_task, general_chunks, is_sports, other_kind_quiz
+from helpers.general_text import load_general_text
+from helpers.latent import AthleteStates, latent_metrics, task_states
+from helpers.localization import Localization
+from helpers.models import LoadedModel
+from helpers.records import Measurements
+from helpers.relearning import ATTACKS, RelearnConfig, relearn
+from helpers.soft_prompt import SoftPromptConfig, soft_prompt_attack
+from helpers.tasks import EditTask
+
+
+@dataclass(frozen=True)
+class RobustnessSettings:
+    """What is measured and at what scale (all part of a run's key)."""
+
+    n_orders: int = 2  # option orders averaged in the multiple-choice formats
+    max_general_tokens: int = 1024  # held-out general-text tokens for the general loss
+    quiz_size: int = 32  # facts of the other kind in the quiz
+    relearn: RelearnConfig = field(default_factory=RelearnConfig)
+    relearn_attacks: tuple[str, ...] = ATTACKS
+    soft_prompt: SoftPromptConfig | None = field(default_factory=SoftPromptConfig)
+    latent_probes: bool = True
+    seed: int = 0  # option orders, quiz sample, relearning split and soft-prompt initialization
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.relearn_attacks if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"Unknown relearning attacks {unknown}; choose from {ATTACKS}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Robustness:
+    """The robustness measurements of one model; :meth:`measurements` hands them to the grid."""
+
+    def __init__(self, model: LoadedModel, athletes: pd.DataFrame, facts: pd.DataFrame,
+                 retain_chunks: torch.Tensor, settings: RobustnessSettings = RobustnessSettings()) -> None:
+        self.athletes, self.facts, self.retain_chunks, self.settings = athletes, facts, retain_chunks, settings
+        self.heldout_chunks = general_chunks(model, load_general_text("heldout"))
+        self._original_states: dict[str, AthleteStates] = {}
+
+    def evaluate(self, model: LoadedModel, task: EditTask) -> dict[str, float]:
+        """Every format, the general loss and the other-kind quiz (:func:`helpers.evaluation.evaluate_task`)."""
+        s = self.settings
+        quiz = other_kind_quiz(task, athletes=self.athletes, facts=self.facts, n=s.quiz_size, seed=s.seed)
+        return evaluate_task(
+            model, task, quiz=quiz, general_chunks_or_texts=self.heldout_chunks, n_orders=s.n_orders,
+            seed=s.seed, batch_size=s.batch_size, max_general_tokens=s.max_general_tokens,
+        )
+
+    def prepare(self, model: LoadedModel, task: EditTask) -> None:
+        """Read the unedited model's hidden states for the latent probes (sports tasks)."""
+        if self.settings.latent_probes and is_sports(task) and task.fingerprint() not in self._original_states:
+            self._original_states[task.fingerprint()] = task_states(model, task, batch_size=self.settings.batch_size)
+
+    def attack(self, model: LoadedModel, task: EditTask, localization: Localization) -> dict:
+        """Relearning curves and final errors, the soft-prompt attack, and the latent probe shares."""
+        s = self.settings
+        results: dict = {}
+        for name in s.relearn_attacks:
+            curve = relearn(model, task, localization, self.retain_chunks, s.relearn, attack=name, seed=s.seed, progress=False)
+            results[f"relearn_{name}"] = curve.to_dict(orient="records")
+            results[f"relearn_error_{name}"] = float(curve.relearn_error.iloc[-1])
+        if s.soft_prompt is not None:
+            results |= soft_prompt_attack(model, task, s.soft_prompt, seed=s.seed, progress=False)
+        if s.latent_probes and is_sports(task):
+            edited = task_states(model, task, batch_size=s.batch_size)
+            results |= latent_metrics(task, self._original_states[task.fingerprint()], edited, seed=s.seed)
+        return results
+
+    def measurements(self) -> Measurements:
+        return Measurements(evaluate=self.evaluate, attack=self.attack, prepare=self.prepare, settings=self.settings.to_dict())
