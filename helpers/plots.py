@@ -53,18 +53,20 @@ def format_bars(summary: pd.DataFrame, title: str) -> go.Figure:
     return fig
 
 
-def metric_bars(summary: pd.DataFrame, title: str, labels: dict[str, str] | None = None) -> go.Figure:
-    """Grouped bars: one group per metric, one bar per localization, 95% intervals where defined.
+def metric_bars(
+    summary: pd.DataFrame, title: str, labels: dict[str, str] | None = None, *, x: str = "metric",
+    y_label: str = "mean over seeds (probability)", facet_col: str | None = None,
+) -> go.Figure:
+    """Grouped bars: one group per ``x`` value, one bar per localization, 95% intervals where defined.
 
-    ``summary`` is :func:`helpers.stats.summarize` output grouped by ``localization``.
+    ``summary`` is :func:`helpers.stats.summarize` output grouped by ``localization`` (and ``x``).
     """
-    frame = summary.assign(metric=summary.metric.map(labels or {}).fillna(summary.metric))
+    frame = summary.assign(**{x: summary[x].map(labels or {}).fillna(summary[x])})
     upper = (frame.ci_high - frame["mean"]).fillna(0)
     lower = (frame["mean"] - frame.ci_low).fillna(0)
     fig = px.bar(
-        frame, x="metric", y="mean", color="localization", barmode="group", error_y=upper, error_y_minus=lower,
-        labels={"mean": "mean over seeds (probability)", "metric": ""}, title=title, range_y=[0, 1.05],
-        hover_data={"n": True},
+        frame, x=x, y="mean", color="localization", barmode="group", error_y=upper, error_y_minus=lower,
+        labels={"mean": y_label, x: ""}, title=title, range_y=[0, 1.05], hover_data={"n": True}, facet_col=facet_col,
     )
     fig.update_layout(legend_title_text="localization")
     return fig

@@ -1,0 +1,91 @@
+"""Run records turned into the long tables the robustness and results chapters plot.
+
+Every function takes the flattened records of :func:`helpers.grid.load_grid` (one row per
+run: ``task``, ``localization``, ``seed``, ``metrics.*``, ``metrics_before.*``, ``attacks.*``)
+and returns one row per (task, localization, seed, ...) and value, ready for
+:func:`helpers.stats.summarize`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import pandas as pd
+
+from helpers.formats import MCQ_FORMATS
+from helpers.prompts import SPORT_ANSWERS
+
+RUN_COLUMNS = ["task", "localization", "seed"]
+# Multiple-choice questions list the true answer and three wrong ones in both data sets.
+MCQ_CHANCE = {"sports": 1 / len(SPORT_ANSWERS), "counterfact": 1 / 4}
+USABLE_MARGIN = 0.05
+FORMAT_GROUPS = {"fact": "standard", "paraphrase": "paraphrase", "cloze_mcq": "adversarial", "lettered_mcq": "adversarial"}
+
+
+def dataset_of(task: str) -> str:
+    """``"sports"`` or ``"counterfact"`` from a task name."""
+    return "counterfact" if task.startswith("counterfact") else "sports"
+
+
+def _check(records: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in [*RUN_COLUMNS, *columns] if c not in records.columns]
+    if missing:
+        raise ValueError(f"The records lack the columns {missing}; were they written by notebook 04's grid?")
+
+
+def mcq_usability(records: pd.DataFrame, margin: float = USABLE_MARGIN) -> pd.DataFrame:
+    """Per task and multiple-choice format: the unedited model's maintain accuracy, chance, and
+    whether it is usable (more than ``margin`` above chance), as in chapter 00."""
+    columns = [f"metrics_before.{fmt}_maintain_accuracy" for fmt in MCQ_FORMATS]
+    _check(records, columns)
+    rows = []
+    for task, group in records.groupby("task", sort=False):
+        chance = MCQ_CHANCE[dataset_of(task)]
+        for fmt, column in zip(MCQ_FORMATS, columns):
+            accuracy = float(group[column].iloc[0])
+            rows.append({"task": task, "format": fmt, "accuracy before editing": accuracy, "chance": chance,
+                         "usable": accuracy > chance + margin})
+    return pd.DataFrame(rows)
+
+
+def format_metrics_long(records: pd.DataFrame, formats: Sequence[str], kinds: Sequence[str]) -> pd.DataFrame:
+    """One row per run, format and kind of metric (column ``kind``: ``forget_error``, ...), after the edit."""
+    rows = []
+    for fmt in formats:
+        for kind in kinds:
+            column = f"metrics.{kind}" if fmt == "fact" else f"metrics.{fmt}_{kind}"
+            if column not in records.columns:
+                continue
+            frame = records[RUN_COLUMNS].assign(format=fmt, group=FORMAT_GROUPS.get(fmt, fmt), kind=kind, value=records[column])
+            rows.append(frame.dropna(subset=["value"]))
+    if not rows:
+        raise ValueError(f"No metric of formats {list(formats)} and kinds {list(kinds)} in the records")
+    return pd.concat(rows, ignore_index=True)
+
+
+def relearning_curves(records: pd.DataFrame, attack: str) -> pd.DataFrame:
+    """One row per run and measured step of the relearning ``attack``: P(true) and the relearning error."""
+    column = f"attacks.relearn_{attack}"
+    _check(records, [column])
+    rows = [
+        {**dict(zip(RUN_COLUMNS, run)), **point}
+        for run, curve in zip(records[RUN_COLUMNS].itertuples(index=False), records[column])
+        for point in curve
+    ]
+    return pd.DataFrame(rows)
+
+
+def latent_by_layer(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, probe variant and layer: share of forget athletes decoded as the true and the new sport."""
+    pattern = re.compile(r"attacks\.latent_(original|edited)_(true|new)_L(\d+)$")
+    matched = [(c, pattern.match(c)) for c in records.columns]
+    matched = [(c, m) for c, m in matched if m]
+    if not matched:
+        raise ValueError("No latent-probe results in the records (sports tasks with latent_probes=True write them)")
+    rows = []
+    for column, m in matched:
+        frame = records[RUN_COLUMNS].assign(probe=m.group(1), decoded=m.group(2), layer=int(m.group(3)), share=records[column])
+        rows.append(frame.dropna(subset=["share"]))
+    long = pd.concat(rows, ignore_index=True)
+    return long.pivot_table(index=[*RUN_COLUMNS, "probe", "layer"], columns="decoded", values="share").add_prefix("share_").reset_index()
