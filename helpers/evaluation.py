@@ -40,7 +40,7 @@ from helpers.formats import MCQ_FORMATS, mcq_item, shuffled_options
 from helpers.models import LoadedModel
 from helpers.prompts import SPORT_ANSWERS, SPORTS, completion_question, paraphrase_prompts_for_sports, sports_question
 from helpers.scoring import candidate_probs, renormalize
-from helpers.tasks import EditTask, _athlete_rows, _fact_rows
+from helpers.tasks import EditTask, athlete_rows, fact_rows
 
 COMPLETION_FORMATS = ("fact", "paraphrase")
 EVAL_FORMATS = (*COMPLETION_FORMATS, *MCQ_FORMATS)
@@ -254,9 +254,9 @@ def other_kind_quiz(
         raise ValueError(f"n must be at least 1, got {n}")
     subjects = set().union(*task.subjects().values())
     if is_sports(task):
-        pool = _fact_rows(facts[~facts.subject.isin(subjects)], with_new=False)
+        pool = fact_rows(facts[~facts.subject.isin(subjects)], with_new=False)
     else:
-        pool = _athlete_rows(athletes[~athletes.athlete.isin(subjects)])
+        pool = athlete_rows(athletes[~athletes.athlete.isin(subjects)])
     if pool.empty:
         raise ValueError(f"No {'CounterFact facts' if is_sports(task) else 'athletes'} left for the quiz of {task.name!r}")
     return pool.sample(n=min(n, len(pool)), random_state=seed).reset_index(drop=True)

@@ -88,7 +88,8 @@ def _split_maintain(pool: pd.DataFrame, n_maintain: int, rng: np.random.Generato
     return shuffled.iloc[:n].reset_index(drop=True), shuffled.iloc[n : 2 * n].reset_index(drop=True)
 
 
-def _athlete_rows(athletes: pd.DataFrame, new: list[str] | None = None) -> pd.DataFrame:
+def athlete_rows(athletes: pd.DataFrame, new: list[str] | None = None) -> pd.DataFrame:
+    """Task rows (``COLUMNS``) for athletes (columns ``athlete``, ``sport``), with new answers if given."""
     return pd.DataFrame({
         "subject": athletes.athlete.to_numpy(),
         "prompt": [sports_fact_prompt(a) for a in athletes.athlete],
@@ -100,7 +101,8 @@ def _athlete_rows(athletes: pd.DataFrame, new: list[str] | None = None) -> pd.Da
     })[COLUMNS]
 
 
-def _fact_rows(facts: pd.DataFrame, with_new: bool) -> pd.DataFrame:
+def fact_rows(facts: pd.DataFrame, with_new: bool) -> pd.DataFrame:
+    """Task rows (``COLUMNS``) for CounterFact facts; ``new`` is ``target_new`` when ``with_new``."""
     return pd.DataFrame({
         "subject": facts.subject.to_numpy(), "prompt": facts.prompt.to_numpy(), "true": facts.target_true.to_numpy(),
         "new": facts.target_new.to_numpy() if with_new else [""] * len(facts),
@@ -121,8 +123,8 @@ def sports_athlete_edit(
     order = rng.permutation(len(pool))
     forget = pool.iloc[order[:n_facts]]
     new = [str(rng.choice([s for s in SPORTS if s != sport])) for sport in forget.sport] if mode == "edit" else None
-    rows = _athlete_rows(forget, new)
-    maintain_train, maintain_eval = _split_maintain(_athlete_rows(pool.iloc[order[n_facts:]]), n_maintain, rng)
+    rows = athlete_rows(forget, new)
+    maintain_train, maintain_eval = _split_maintain(athlete_rows(pool.iloc[order[n_facts:]]), n_maintain, rng)
     return EditTask(f"sports_athlete_{mode}", mode, rows, rows, maintain_train, maintain_eval, SPORTS)
 
 
@@ -145,9 +147,9 @@ def sports_sport_edit(
     shuffled = of_sport.iloc[rng.permutation(len(of_sport))[:n_athletes]]
     half = len(shuffled) // 2
     new = ["golf"] * half if mode == "edit" else None
-    train = _athlete_rows(shuffled.iloc[:half], new)
-    evaluate = _athlete_rows(shuffled.iloc[half : 2 * half], new)
-    maintain_train, maintain_eval = _split_maintain(_athlete_rows(pool[pool.sport != sport]), n_maintain, rng)
+    train = athlete_rows(shuffled.iloc[:half], new)
+    evaluate = athlete_rows(shuffled.iloc[half : 2 * half], new)
+    maintain_train, maintain_eval = _split_maintain(athlete_rows(pool[pool.sport != sport]), n_maintain, rng)
     return EditTask(f"sports_sport_{mode}", mode, train, evaluate, maintain_train, maintain_eval, SPORT_ANSWERS)
 
 
@@ -160,9 +162,9 @@ def counterfact_edit(
     _check(mode, n_facts, len(pool), "facts")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pool))
-    forget = _fact_rows(pool.iloc[order[:n_facts]], with_new=mode == "edit")
+    forget = fact_rows(pool.iloc[order[:n_facts]], with_new=mode == "edit")
     # A subject can carry facts of several relations; none of the forget subjects is maintained.
     rest = pool.iloc[order[n_facts:]]
     rest = rest[~rest.subject.isin(forget.subject)]
-    maintain_train, maintain_eval = _split_maintain(_fact_rows(rest, with_new=False), n_maintain, rng)
+    maintain_train, maintain_eval = _split_maintain(fact_rows(rest, with_new=False), n_maintain, rng)
     return EditTask(f"counterfact_{mode}", mode, forget, forget, maintain_train, maintain_eval, None)
