@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from helpers.finetune import PRECISIONS, answer_loss, autocast, restored, retain_loss
+from helpers.finetune import PRECISIONS, StepPrecision, answer_loss, joint_answer_logits, restored, retain_loss
 from helpers.localization import Localization
 from helpers.models import LoadedModel
 from helpers.records import answer_probabilities
@@ -177,10 +177,11 @@ def _train(
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, 0, config.steps)
     model.hf_model.eval()
+    precision = StepPrecision(model, config.precision)
     rows = [measure(0)]
     for step in tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, unit="step"):
         model.hf_model.train()
-        with autocast(model, config.precision):
+        with precision.step():
             total = loss(rng, generator)
         if not torch.isfinite(total):
             raise FloatingPointError(f"The relearning loss diverged at step {step}; lower the learning rate")
@@ -220,7 +221,8 @@ def relearn(
 
     def loss(rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
         facts, maintain = _rows(learned, config.batch_size, rng), _rows(task.maintain_train, config.batch_size, rng)
-        total = answer_loss(model, facts.prompt, facts.true) + answer_loss(model, maintain.prompt, maintain.true)
+        fact_logits, maintain_logits = joint_answer_logits(model, facts.prompt, maintain.prompt)
+        total = answer_loss(model, fact_logits, facts.true) + answer_loss(model, maintain_logits, maintain.true)
         if config.retain_batch_size:
             rows = torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)
             total = total + retain_loss(model, general_chunks[rows], config.retain_positions, generator)

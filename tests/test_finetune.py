@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from helpers.finetune import (
+    StepPrecision,
     TrainingConfig,
     answer_logits,
+    joint_answer_logits,
     restored,
     retain_chunks,
     retain_loss,
@@ -65,10 +67,20 @@ def test_unlearning_loss_is_capped_minus_log_one_minus_p(setup):
     model, task, *_ = setup
     prompts, answers = list(task.forget_train.prompt), list(task.forget_train.true)
     with torch.no_grad():
-        p = answer_logits(model, prompts).softmax(-1)[range(len(prompts)), first_token_ids(model.tokenizer, answers)]
+        logits = answer_logits(model, prompts)
+        p = logits.softmax(-1)[range(len(prompts)), first_token_ids(model.tokenizer, answers)]
         expected = torch.clamp(-torch.log(1 - p), max=0.001).mean()
-        torch.testing.assert_close(unlearning_loss(model, prompts, answers, cap=0.001), expected)
-        torch.testing.assert_close(unlearning_loss(model, prompts, answers, cap=50.0), -torch.log(1 - p).mean())
+        torch.testing.assert_close(unlearning_loss(model, logits, answers, cap=0.001), expected)
+        torch.testing.assert_close(unlearning_loss(model, logits, answers, cap=50.0), -torch.log(1 - p).mean())
+
+
+def test_joint_logits_match_separate_forward_passes(setup):
+    model, task, *_ = setup
+    forget, maintain = list(task.forget_train.prompt), list(task.maintain_train.prompt)
+    with torch.no_grad():
+        joint = joint_answer_logits(model, forget, maintain)
+        torch.testing.assert_close(joint[0], answer_logits(model, forget), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(joint[1], answer_logits(model, maintain), atol=1e-5, rtol=1e-4)
 
 
 def test_retain_loss_on_every_position_is_the_full_next_token_loss(setup):
@@ -94,3 +106,23 @@ def test_bad_inputs(setup):
         train_localized(model, localization, empty, chunks, TrainingConfig(steps=1), seed=0, progress=False)
     with pytest.raises(ValueError, match="No general text"):
         retain_chunks(model, [], 16)
+
+
+def test_bf16_steps_match_plain_autocast_and_leave_float32_weights_outside(setup):
+    model, task, localization, chunks = setup
+    prompts = list(task.forget_train.prompt)
+    embedding = model.hf_model.get_input_embeddings().weight
+    with restored(model, localization) as trainable:
+        precision = StepPrecision(model, "bfloat16")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = answer_logits(model, prompts)
+        with precision.step():
+            assert model.hf_model.get_output_embeddings().weight.dtype == torch.bfloat16
+            assert model.hf_model.get_input_embeddings().weight is embedding  # the tied lookup stays float32
+            assert all(p.dtype == torch.float32 for p in trainable)
+            logits = answer_logits(model, prompts)
+        torch.testing.assert_close(logits, expected, atol=0, rtol=0)
+        logits.sum().backward()  # the graph keeps the bf16 copies it used
+        assert all(p.grad is not None for p in trainable)
+    assert all(p.dtype == torch.float32 for p in model.hf_model.parameters())
+    assert model.hf_model.get_output_embeddings().weight is embedding

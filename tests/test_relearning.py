@@ -139,12 +139,12 @@ def test_relearning_trains_on_the_learned_half_only(setup, monkeypatch):
     learned, held_out = relearning_split(task, seed=0)
     seen = []
 
-    def recording_loss(model, prompts, answers):
-        seen.extend(prompts)
-        return original(model, prompts, answers)
+    def recording_logits(model, *prompt_lists):
+        seen.extend(prompt for prompts in prompt_lists for prompt in prompts)
+        return original(model, *prompt_lists)
 
-    original = relearning.answer_loss
-    monkeypatch.setattr(relearning, "answer_loss", recording_loss)
+    original = relearning.joint_answer_logits
+    monkeypatch.setattr(relearning, "joint_answer_logits", recording_logits)
     config = RelearnConfig(steps=3, eval_every=3, lora_rank=4, **SMALL)
     relearn(model, task, localization, chunks, config, attack="lora", seed=0, progress=False)
     assert set(seen) == set(learned.prompt) | set(task.maintain_train.prompt)
