@@ -17,6 +17,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 book: setup
+	if [ "$(PROFILE)" = gpu ]; then $(BIN)/pip install --quiet -r requirements-gpu.txt; fi
 	$(BIN)/python -m helpers.book --profile $(PROFILE)
 
 test: setup

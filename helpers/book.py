@@ -9,19 +9,23 @@
    ``_build/book/``, with one local copy of plotly.js in ``_static/``;
 3. runs ``jupyter-book build`` on the staged tree with warnings as errors.
 
-A failing cell stops the build (papermill raises). Run times go to ``_build/book/timings.json``.
+A failing cell stops the build (papermill raises). Run times go to ``_build/book/timings.json``
+and under each notebook's title.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
+import nbformat
 import papermill
 import plotly
 import yaml
@@ -76,6 +80,16 @@ def execute_notebook(source: Path, target: Path, profile: dict, root: Path = ROO
     return time.perf_counter() - start
 
 
+def note_run_time(notebook: Path, seconds: float, profile_name: str) -> None:
+    """Put a line under the notebook's title saying how long it took to execute, with which profile, where."""
+    content = nbformat.read(notebook, as_version=4)
+    minutes, rest = divmod(round(seconds), 60)
+    note = (f"*Executed for this book with the `{profile_name}` profile on {date.today():%Y-%m-%d}: "
+            f"{minutes} min {rest} s on a machine with {os.cpu_count()} CPU cores.*")
+    content.cells.insert(1, nbformat.v4.new_markdown_cell(note, metadata={"tags": ["run-time"]}))
+    nbformat.write(content, notebook)
+
+
 def execute_all(profile_name: str, staging: Path, root: Path = ROOT) -> dict[str, float]:
     """Execute the notebooks of the table of contents into ``staging``; return run times."""
     profile = load_profile(profile_name, root)
@@ -83,6 +97,7 @@ def execute_all(profile_name: str, staging: Path, root: Path = ROOT) -> dict[str
     for entry in toc_notebooks(root):
         print(f"[book] executing {entry}.ipynb with profile {profile_name!r}", flush=True)
         timings[entry] = execute_notebook(root / f"{entry}.ipynb", staging / f"{entry}.ipynb", profile, root)
+        note_run_time(staging / f"{entry}.ipynb", timings[entry], profile_name)
         print(f"[book] {entry}: {timings[entry]:.0f} s", flush=True)
     return timings
 

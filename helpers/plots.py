@@ -17,6 +17,13 @@ import plotly.io as pio
 from plotly.io.base_renderers import MimetypeRenderer
 
 RENDERER = "book"
+# One colour per localization in every figure of the book (the paper's names, in its order).
+LOCALIZATION_COLOURS = dict(zip(
+    ["fact_lookup", "causal_tracing", "causal_tracing_mlps", "attribution_patching", "random_matrices", "random_mlps",
+     "all_mlps", "nonlocalized"],
+    px.colors.qualitative.Plotly,
+))
+COLOUR_ORDER = {"localization": list(LOCALIZATION_COLOURS)}
 
 
 class BookRenderer(MimetypeRenderer):
@@ -67,6 +74,36 @@ def metric_bars(
     fig = px.bar(
         frame, x=x, y="mean", color="localization", barmode="group", error_y=upper, error_y_minus=lower,
         labels={"mean": y_label, x: ""}, title=title, range_y=[0, 1.05], hover_data={"n": True}, facet_col=facet_col,
+        color_discrete_map=LOCALIZATION_COLOURS, category_orders=COLOUR_ORDER,
     )
     fig.update_layout(legend_title_text="localization")
+    return fig
+
+
+def probe_lines(long: pd.DataFrame, title: str) -> go.Figure:
+    """Share of edited athletes decoded as the original and as the new sport, by layer (the paper's probe figure).
+
+    ``long`` is :func:`helpers.results.latent_shares_long` output for one task and probe variant.
+    """
+    fig = px.line(long, x="layer", y="share", color="localization", facet_col="decoded as", markers=True,
+                  title=title, labels={"share": "share of edited athletes"},
+                  color_discrete_map=LOCALIZATION_COLOURS, category_orders=COLOUR_ORDER)
+    fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+def radar(means: pd.DataFrame, title: str) -> go.Figure:
+    """One closed trace per localization over the headline metrics (the paper's Figure 2).
+
+    ``means``: one row per localization, one column per metric (probabilities; higher is
+    better on every axis). Metrics not measured for any localization are left out.
+    """
+    means = means.dropna(axis=1, how="all")
+    axes = list(means.columns)
+    fig = go.Figure()
+    for localization, row in means.iterrows():
+        values = [*row.to_numpy(dtype=float), row.iloc[0]]
+        fig.add_trace(go.Scatterpolar(r=values, theta=[*axes, axes[0]], name=str(localization), mode="lines+markers",
+                                      line_color=LOCALIZATION_COLOURS.get(str(localization))))
+    fig.update_layout(title=title, polar={"radialaxis": {"range": [0, 1]}}, legend_title_text="localization")
     return fig

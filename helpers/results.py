@@ -89,3 +89,76 @@ def latent_by_layer(records: pd.DataFrame) -> pd.DataFrame:
         rows.append(frame.dropna(subset=["share"]))
     long = pd.concat(rows, ignore_index=True)
     return long.pivot_table(index=[*RUN_COLUMNS, "probe", "layer"], columns="decoded", values="share").add_prefix("share_").reset_index()
+
+
+# The headline metrics of the paper's radar chart (Figure 2), named as in the figures and tables.
+# "{mcq}" is the task's headline multiple-choice format, "{attack}" the relearning attack,
+# "{general}" MMLU accuracy where the runs measured it, else the quiz of facts of the other kind.
+HEADLINE = {
+    "forget error": "metrics.forget_error",
+    "maintain accuracy": "metrics.maintain_accuracy",
+    "edit accuracy": "metrics.edit_accuracy",
+    "paraphrase edit accuracy": "metrics.paraphrase_edit_accuracy",
+    "MCQ forget error": "metrics.{mcq}_forget_error",
+    "MCQ edit accuracy": "metrics.{mcq}_edit_accuracy",
+    "relearning error": "attacks.relearn_error_{attack}",
+    "general capability": "metrics.{general}",
+}
+LATENT_HEADLINE = "original fact in hidden states"
+LATENT_NEW = "new fact in hidden states"
+
+
+def headline_mcq_format(usability: pd.DataFrame, task: str) -> str | None:
+    """The paper's lettered MCQ where the unedited model can answer it, else cloze MCQ, else None."""
+    usable = set(usability[(usability.task == task) & usability.usable].format)
+    return next((fmt for fmt in MCQ_FORMATS if fmt in usable), None)
+
+
+def headline_metrics(records: pd.DataFrame, attack: str = "lora") -> pd.DataFrame:
+    """One row per run: :data:`HEADLINE` metrics, the latent share and the trainable parameters.
+
+    ``MCQ ...`` use each task's :func:`headline_mcq_format` (NaN where no MCQ format is usable;
+    column ``mcq_format`` says which); ``general capability`` is MMLU where every run of the task
+    measured it, else the quiz accuracy (column ``general_measure``). ``original fact in hidden
+    states`` is the share of forget athletes that probes trained on the original model still
+    decode as the original sport, mean over layers; ``new fact in hidden states`` the share
+    decoded as the new one (sports tasks; NaN for CounterFact, which has no probe target).
+    """
+    _check(records, ["n_parameters", f"attacks.relearn_error_{attack}"])
+    usability = mcq_usability(records)
+    rows = []
+    for task, group in records.groupby("task", sort=False):
+        mcq = headline_mcq_format(usability, task)
+        mmlu = "metrics.mmlu_accuracy" in group and group["metrics.mmlu_accuracy"].notna().all()
+        general = "mmlu_accuracy" if mmlu else "quiz_accuracy"
+        frame = group[[*RUN_COLUMNS, "n_parameters"]].assign(mcq_format=mcq, general_measure=general)
+        for name, column in HEADLINE.items():
+            column = column.format(mcq=mcq, attack=attack, general=general)
+            frame[name] = group[column] if column in group and (mcq or "{mcq}" not in HEADLINE[name]) else float("nan")
+        rows.append(frame)
+    metrics = pd.concat(rows, ignore_index=True)
+    try:
+        latent = latent_by_layer(records)
+    except ValueError:
+        return metrics.assign(**{LATENT_HEADLINE: float("nan"), LATENT_NEW: float("nan")})
+    shares = latent[latent.probe == "original"].groupby(RUN_COLUMNS)[["share_true", "share_new"]].mean()
+    shares = shares.rename(columns={"share_true": LATENT_HEADLINE, "share_new": LATENT_NEW})
+    return metrics.merge(shares.reset_index(), on=RUN_COLUMNS, how="left")
+
+
+def relearning_before_after(records: pd.DataFrame, attack: str) -> pd.DataFrame:
+    """The relearning error of each run before the attack (step 0) and after its last step (column ``when``)."""
+    curves = relearning_curves(records, attack)
+    last = curves.groupby(RUN_COLUMNS).step.transform("max")
+    ends = curves[(curves.step == 0) | (curves.step == last)]
+    return ends.assign(when=["before the attack" if s == 0 else "after the attack" for s in ends.step])
+
+
+def latent_shares_long(records: pd.DataFrame) -> pd.DataFrame:
+    """Per task, probe variant, localization and layer: mean share over seeds, decoded as the original or new sport."""
+    latent = latent_by_layer(records)
+    mean = latent.groupby(["task", "probe", "localization", "layer"], as_index=False)[["share_true", "share_new"]].mean()
+    long = mean.melt(id_vars=["task", "probe", "localization", "layer"], value_vars=["share_true", "share_new"],
+                     var_name="decoded as", value_name="share")
+    long["decoded as"] = long["decoded as"].map({"share_true": "original sport", "share_new": "new sport"})
+    return long

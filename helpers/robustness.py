@@ -2,7 +2,8 @@
 
 Before and after the edit (:meth:`Robustness.evaluate`): every prompt format of
 :mod:`helpers.evaluation` (fact prompt, paraphrases, neighborhood, lettered and cloze multiple
-choice), the loss on held-out general text and a quiz of facts of the other kind.
+choice), the loss on held-out general text and a quiz of facts of the other kind (and MMLU
+through lm-eval, :mod:`helpers.mmlu`, when ``mmlu_limit`` is set).
 After the edit only (:meth:`Robustness.attack`): the relearning attacks of
 :mod:`helpers.relearning`, the soft-prompt attack of :mod:`helpers.soft_prompt`, and for sports
 the latent probes of :mod:`helpers.latent` (the original hidden states are read by
@@ -20,6 +21,7 @@ from helpers.evaluation import evaluate_task, general_chunks, is_sports, other_k
 from helpers.general_text import load_general_text
 from helpers.latent import AthleteStates, latent_metrics, task_states
 from helpers.localization import Localization
+from helpers.mmlu import mmlu_accuracy
 from helpers.models import LoadedModel
 from helpers.records import Measurements
 from helpers.relearning import ATTACKS, RelearnConfig, relearn
@@ -38,6 +40,7 @@ class RobustnessSettings:
     relearn_attacks: tuple[str, ...] = ATTACKS
     soft_prompt: SoftPromptConfig | None = field(default_factory=SoftPromptConfig)
     latent_probes: bool = True
+    mmlu_limit: int | None = None  # MMLU questions per subject through lm-eval (gpu profile); None: not measured
     seed: int = 0  # option orders, quiz sample, relearning split and soft-prompt initialization
     batch_size: int = 32
 
@@ -45,6 +48,8 @@ class RobustnessSettings:
         unknown = [a for a in self.relearn_attacks if a not in ATTACKS]
         if unknown:
             raise ValueError(f"Unknown relearning attacks {unknown}; choose from {ATTACKS}")
+        if self.mmlu_limit is not None and self.mmlu_limit < 1:
+            raise ValueError(f"mmlu_limit must be None or a positive number of questions per subject, got {self.mmlu_limit}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,13 +65,16 @@ class Robustness:
         self._original_states: dict[str, AthleteStates] = {}
 
     def evaluate(self, model: LoadedModel, task: EditTask) -> dict[str, float]:
-        """Every format, the general loss and the other-kind quiz (:func:`helpers.evaluation.evaluate_task`)."""
+        """Every format, the general loss, the other-kind quiz (:func:`helpers.evaluation.evaluate_task`), MMLU if asked."""
         s = self.settings
         quiz = other_kind_quiz(task, athletes=self.athletes, facts=self.facts, n=s.quiz_size, seed=s.seed)
-        return evaluate_task(
+        metrics = evaluate_task(
             model, task, quiz=quiz, general_chunks_or_texts=self.heldout_chunks, n_orders=s.n_orders,
             seed=s.seed, batch_size=s.batch_size, max_general_tokens=s.max_general_tokens,
         )
+        if s.mmlu_limit:
+            metrics["mmlu_accuracy"] = mmlu_accuracy(model, s.mmlu_limit, seed=s.seed)
+        return metrics
 
     def prepare(self, model: LoadedModel, task: EditTask) -> None:
         """Read the unedited model's hidden states for the latent probes (sports tasks)."""

@@ -1,7 +1,10 @@
 """The notebooks, executed with the ci profile, and the book built from them."""
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,9 @@ from helpers.book import build_book, load_profile, toc_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = toc_notebooks(ROOT)
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = ROOT / "_build" / "screenshots"  # kept as build artefacts
+BROWSER_PAGES = ["notebooks/08_results", "notebooks/04_localized_editing"]
 
 
 def test_toc_lists_every_notebook_in_order():
@@ -47,6 +53,7 @@ def test_notebook_executes_with_ci_profile(built_book, entry):
     cells = json.loads((staging / f"{entry}.ipynb").read_text())["cells"]
     assert not [o for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert json.loads((staging / "timings.json").read_text())["seconds"][entry] > 0
+    assert "run-time" in cells[1]["metadata"]["tags"] and "profile" in "".join(cells[1]["source"])
 
 
 @pytest.mark.notebooks
@@ -75,3 +82,43 @@ def test_notebook_overrides_win_over_shared_parameters():
     profile = {"seed": 0, "n_prompts": 50, "notebooks": {"02_x": {"n_prompts": 8}}}
     assert notebook_parameters(profile, "02_x") == {"seed": 0, "n_prompts": 8}
     assert notebook_parameters(profile, "03_y") == {"seed": 0, "n_prompts": 50}
+
+
+def headless(url: str, action: str, profile_dir: Path) -> str:
+    """Open ``url`` in headless Chromium, let its scripts run, and do ``action`` (``--dump-dom``, ``--screenshot=...``)."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile_dir}", "--window-size=1280,6000", "--virtual-time-budget=20000"]
+    return subprocess.run([BROWSER, *flags, action, url], capture_output=True, text=True, timeout=300, check=True).stdout
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("entry", BROWSER_PAGES)
+def test_figures_render_in_a_headless_browser(built_book, entry, tmp_path):
+    if BROWSER is None:
+        if os.environ.get("MECHUNLEARN_REQUIRE_BROWSER"):
+            pytest.fail("The browser test needs Chromium (Debian package `chromium`); .ci/run installs it")
+        pytest.skip("Chromium is not installed (Debian package `chromium`)")
+    _, html = built_book
+    page = html / f"{entry}.html"
+    n_figures = page.read_text().count('class="plotly-graph-div"')
+    assert n_figures > 0
+    dom = headless(page.as_uri(), "--dump-dom", tmp_path / "chromium")
+    # Plotly.newPlot marks a div it has drawn with `js-plotly-plot` and fills it with SVG: each
+    # figure must have its SVG and drawn traces (bars are `point`s, lines `js-line`s, radar too).
+    figures = dom.split('class="plotly-graph-div')[1:]
+    assert len(figures) == n_figures
+    assert dom.count("js-plotly-plot") == n_figures
+    for figure in figures:
+        assert 'class="main-svg"' in figure and ('class="point"' in figure or 'class="js-line"' in figure)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / f"{Path(entry).name}.png"
+    headless(page.as_uri(), f"--screenshot={shot}", tmp_path / "chromium")
+    assert shot.stat().st_size > 100_000  # a blank 1280x6000 page compresses to a few kilobytes
+
+
+@pytest.mark.notebooks
+def test_results_page_has_the_verdict_table(built_book):
+    _, html = built_book
+    page = (html / "notebooks" / "08_results.html").read_text()
+    assert "compared with" in page and re.search(r"reproduced|inconclusive", page)

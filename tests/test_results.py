@@ -3,7 +3,16 @@
 import pandas as pd
 import pytest
 
-from helpers.results import format_metrics_long, latent_by_layer, mcq_usability, relearning_curves
+from helpers.results import (
+    LATENT_HEADLINE,
+    format_metrics_long,
+    headline_mcq_format,
+    headline_metrics,
+    latent_by_layer,
+    mcq_usability,
+    relearning_before_after,
+    relearning_curves,
+)
 
 RECORDS = pd.DataFrame({
     "task": ["sports_athlete_edit", "counterfact_edit"], "localization": ["fact_lookup", "fact_lookup"], "seed": [0, 0],
@@ -36,3 +45,46 @@ def test_curves_and_latent_tables():
     assert len(latent) == 1 and latent.share_true.iloc[0] == 0.25 and latent.share_new.iloc[0] == 0.75
     with pytest.raises(ValueError, match="lack the columns"):
         relearning_curves(RECORDS, "full")
+
+
+def headline_records() -> pd.DataFrame:
+    """Two tasks, two localizations, two seeds, with every headline column."""
+    rows = []
+    for task in ("sports_athlete_edit", "counterfact_edit"):
+        for i, localization in enumerate(("fact_lookup", "causal_tracing")):
+            for seed in (0, 1):
+                value = 0.1 * (i + 1) + 0.01 * seed
+                rows.append({
+                    "task": task, "localization": localization, "seed": seed, "n_parameters": 100 * (i + 1),
+                    "metrics_before.lettered_mcq_maintain_accuracy": 0.26, "metrics_before.cloze_mcq_maintain_accuracy": 0.6,
+                    "metrics.forget_error": value, "metrics.maintain_accuracy": value, "metrics.edit_accuracy": value,
+                    "metrics.paraphrase_edit_accuracy": value, "metrics.cloze_mcq_forget_error": value,
+                    "metrics.cloze_mcq_edit_accuracy": value, "metrics.lettered_mcq_edit_accuracy": 0.99,
+                    "metrics.lettered_mcq_forget_error": 0.99, "metrics.quiz_accuracy": value,
+                    "attacks.relearn_error_lora": value,
+                    "attacks.relearn_lora": [{"step": 0, "relearn_error": 0.9}, {"step": 10, "relearn_error": value}],
+                    "attacks.latent_original_true_L0": value if task.startswith("sports") else None,
+                    "attacks.latent_original_true_L1": 0.5 if task.startswith("sports") else None,
+                    "attacks.latent_original_new_L0": 0.0 if task.startswith("sports") else None,
+                })
+    return pd.DataFrame(rows)
+
+
+def test_headline_metrics_use_the_usable_mcq_format_and_average_probe_layers():
+    metrics = headline_metrics(headline_records()).set_index(["task", "localization", "seed"])
+    row = metrics.loc[("sports_athlete_edit", "causal_tracing", 1)]
+    assert row.mcq_format == "cloze_mcq"  # lettered is at chance before editing: not the headline
+    assert row["MCQ edit accuracy"] == pytest.approx(0.21) and row["relearning error"] == pytest.approx(0.21)
+    assert row[LATENT_HEADLINE] == pytest.approx((0.21 + 0.5) / 2)
+    assert metrics.loc[("counterfact_edit", "fact_lookup", 0), LATENT_HEADLINE] != metrics.loc[("counterfact_edit", "fact_lookup", 0), LATENT_HEADLINE]
+
+
+def test_headline_mcq_format_prefers_lettered_when_usable():
+    usability = pd.DataFrame({"task": ["t", "t"], "format": ["lettered_mcq", "cloze_mcq"], "usable": [True, True]})
+    assert headline_mcq_format(usability, "t") == "lettered_mcq"
+    assert headline_mcq_format(usability.assign(usable=False), "t") is None
+
+
+def test_relearning_before_after_takes_the_first_and_last_step():
+    ends = relearning_before_after(headline_records(), "lora")
+    assert set(ends.when) == {"before the attack", "after the attack"} and len(ends) == 16

@@ -1,0 +1,51 @@
+"""Verdicts follow from the paired interval, never from a typed-in answer."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers.verdicts import Claim, paired_differences, verdict, verdict_table
+
+
+def metrics_with(differences: list[float], metric: str = "MCQ edit accuracy") -> pd.DataFrame:
+    """Fact lookup at 0.5 + difference and causal tracing at 0.5, one pair per seed, plus noise shared by the pair."""
+    rows = []
+    for seed, difference in enumerate(differences):
+        shared = 0.1 * np.sin(seed)  # a seed effect common to both localizations cancels in the paired difference
+        rows.append({"task": "t", "localization": "fact_lookup", "seed": seed, metric: 0.5 + shared + difference})
+        rows.append({"task": "t", "localization": "causal_tracing", "seed": seed, metric: 0.5 + shared})
+    return pd.DataFrame(rows)
+
+
+CLAIM = Claim("format", "FLU is better", "MCQ edit accuracy", True, ("causal_tracing",))
+
+
+@pytest.mark.parametrize(("differences", "expected"), [
+    ([0.30, 0.32, 0.31], "reproduced"),
+    ([-0.30, -0.32, -0.31], "not reproduced"),
+    ([0.30, -0.30, 0.05], "inconclusive"),
+    ([0.30], "inconclusive (one seed)"),
+])
+def test_verdict_from_the_interval(differences, expected):
+    table = verdict_table(metrics_with(differences), (CLAIM,))
+    assert table.verdict.tolist() == [expected]
+    assert table["difference (favouring FLU)"].iloc[0] == pytest.approx(np.mean(differences))
+
+
+def test_lower_is_better_flips_the_sign():
+    metrics = metrics_with([0.2, 0.21], metric="share")
+    assert paired_differences(metrics, "t", "share", "causal_tracing", higher_is_better=False).tolist() == pytest.approx([-0.2, -0.21])
+
+
+def test_no_worse_claims_use_the_margin():
+    assert verdict(-0.04, 0.02, margin=0.05) == "reproduced"
+    assert verdict(-0.04, 0.02) == "inconclusive"
+    assert verdict(-0.20, -0.10, margin=0.05) == "not reproduced"
+
+
+def test_unmeasured_comparisons_are_left_out_and_bad_input_is_refused():
+    metrics = metrics_with([0.1, 0.2])
+    metrics.loc[metrics.localization == "causal_tracing", "MCQ edit accuracy"] = np.nan
+    assert verdict_table(metrics, (CLAIM,)).empty
+    with pytest.raises(ValueError, match="lack the columns"):
+        verdict_table(metrics.drop(columns="MCQ edit accuracy"), (CLAIM,))
