@@ -97,6 +97,7 @@ def verdict_table(metrics: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS, con
                     "claim": claim.name, "statement": claim.statement, "task": task, "metric": claim.metric,
                     "compared with": other, "seeds": len(difference), "fact lookup": means[REFERENCE],
                     "other": means[other], "difference (favouring FLU)": mean, "CI low": low, "CI high": high,
-                    "needed": f"> {-(claim.margin or 0.0):g}", "verdict": verdict(low, high, claim.margin),
+                    "needed": "> 0" if claim.margin is None else f"> {-claim.margin:g}",
+                    "verdict": verdict(low, high, claim.margin),
                 })
     return pd.DataFrame(rows)

@@ -3,8 +3,8 @@
 The naive loop computes the logits of every position (for the fact losses and for the retain
 loss) in float32, as a first implementation would; ours computes only the last position's
 logits for the facts and a random subset of positions for the retain loss (see
-``helpers/finetune.py``), once in float32 and once with bf16 autocast. All three train the same
-localization with the same hyper-parameters from the same weights.
+``helpers/finetune.py``), once in float32 and once in bf16 (``finetune.StepPrecision``). All
+three train the same localization with the same hyper-parameters from the same weights.
 
     .venv/bin/python scripts/benchmark_finetune.py --facts 16 --steps 10
 
