@@ -74,6 +74,14 @@ def verdict(low: float, high: float, margin: float | None = None) -> str:
     return "inconclusive"
 
 
+def _parameter_ratio(task_metrics: pd.DataFrame, other: str) -> dict[str, float]:
+    """The other localization's trainable parameters as a multiple of fact lookup's (when the metrics carry them)."""
+    if "n_parameters" not in task_metrics:
+        return {}
+    parameters = task_metrics.groupby("localization").n_parameters.first()
+    return {"parameters (x FLU)": parameters[other] / parameters[REFERENCE]}
+
+
 def verdict_table(metrics: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS, confidence: float = 0.95) -> pd.DataFrame:
     """One row per claim, task and comparison: the means, the paired difference, its interval, the verdict.
 
@@ -92,11 +100,13 @@ def verdict_table(metrics: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS, con
                 if difference.empty:
                     continue
                 mean, low, high = mean_ci(difference, confidence)
-                means = metrics[metrics.task == task].groupby("localization")[claim.metric].mean()
+                task_metrics = metrics[metrics.task == task]
+                means = task_metrics.groupby("localization")[claim.metric].mean()
                 rows.append({
                     "claim": claim.name, "statement": claim.statement, "task": task, "metric": claim.metric,
                     "compared with": other, "seeds": len(difference), "fact lookup": means[REFERENCE],
                     "other": means[other], "difference (favouring FLU)": mean, "CI low": low, "CI high": high,
+                    **_parameter_ratio(task_metrics, other),
                     "needed": "> 0" if claim.margin is None else f"> {-claim.margin:g}",
                     "verdict": verdict(low, high, claim.margin),
                 })

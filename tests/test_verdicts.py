@@ -49,3 +49,8 @@ def test_unmeasured_comparisons_are_left_out_and_bad_input_is_refused():
     assert verdict_table(metrics, (CLAIM,)).empty
     with pytest.raises(ValueError, match="lack the columns"):
         verdict_table(metrics.drop(columns="MCQ edit accuracy"), (CLAIM,))
+
+
+def test_the_table_shows_the_parameter_ratio_when_known():
+    metrics = metrics_with([0.1, 0.2]).assign(n_parameters=lambda f: f.localization.map({"fact_lookup": 10, "causal_tracing": 25}))
+    assert verdict_table(metrics, (CLAIM,))["parameters (x FLU)"].tolist() == [2.5]
