@@ -70,6 +70,16 @@ def test_every_figure_is_on_its_page_with_local_plotly(built_book, entry):
 
 
 @pytest.mark.notebooks
+@pytest.mark.parametrize("entry", NOTEBOOKS)
+def test_each_page_offers_its_executed_notebook_for_download(built_book, entry):
+    _, html = built_book
+    name = Path(entry).name
+    assert f'href="../_sources/notebooks/{name}.ipynb"' in (html / f"{entry}.html").read_text()
+    downloaded = json.loads((html / "_sources" / "notebooks" / f"{name}.ipynb").read_text())
+    assert any(c.get("outputs") for c in downloaded["cells"] if c["cell_type"] == "code")
+
+
+@pytest.mark.notebooks
 def test_first_notebook_has_figures(built_book):
     staging, html = built_book
     page = (html / f"{NOTEBOOKS[0]}.html").read_text()
