@@ -36,6 +36,17 @@ def test_committed_notebooks_have_no_outputs():
         assert not any(c.get("outputs") or c.get("execution_count") for c in cells if c["cell_type"] == "code"), entry
 
 
+def test_prose_has_no_tex_math_which_needs_mathjax_from_a_cdn():
+    """The book must read offline; MathJax comes from a CDN, so formulas are written in HTML."""
+    sources = [*(ROOT / "book").glob("*.md"), *(ROOT / f"{entry}.ipynb" for entry in NOTEBOOKS)]
+    for path in sources:
+        text = path.read_text()
+        if path.suffix == ".ipynb":
+            text = "".join("".join(c["source"]) for c in json.loads(text)["cells"] if c["cell_type"] == "markdown")
+        prose = re.sub(r"`[^`]*`", "", re.sub(r"```.*?```", "", text, flags=re.S))  # code may hold `$VARIABLES`
+        assert not re.search(r"\$[^$\s][^$]*\$", prose), path.name
+
+
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory):
     """Execute every notebook (ci profile) and build the book, with results in a temporary folder."""
