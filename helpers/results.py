@@ -134,7 +134,7 @@ def headline_metrics(records: pd.DataFrame, attack: str = "lora") -> pd.DataFram
         frame = group[[*RUN_COLUMNS, "n_parameters"]].assign(mcq_format=mcq, general_measure=general)
         for name, column in HEADLINE.items():
             column = column.format(mcq=mcq, attack=attack, general=general)
-            frame[name] = group[column] if column in group and (mcq or "{mcq}" not in HEADLINE[name]) else float("nan")
+            frame[name] = group[column] if column in group else float("nan")  # also when no MCQ format is usable
         rows.append(frame)
     metrics = pd.concat(rows, ignore_index=True)
     try:
