@@ -18,9 +18,9 @@ computed for the fact losses, and only the sampled positions' logits for the ret
 (:func:`helpers.scoring.unembed`); a prompt prefix shared by a batch runs once
 (:func:`helpers.scoring.last_token_logits`); layers below the first trainable one build no
 autograd graph, because nothing below them requires gradients. ``precision="bfloat16"``
-runs the matrix products in bf16 (:class:`StepPrecision`; about twice as fast on this CPU, the
-losses differ by rounding, see ``scripts/benchmark_finetune.py``). The forget and maintain
-prompts share one forward pass.
+runs the matrix products in bf16 (:class:`helpers.precision.Precision`; about twice as fast on
+this CPU, the losses differ by rounding, see ``scripts/benchmark_finetune.py``). The forget
+and maintain prompts share one forward pass.
 """
 
 from __future__ import annotations
@@ -34,57 +34,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from helpers.localization import Localization
 from helpers.models import LoadedModel
+from helpers.precision import PRECISIONS, Precision
 from helpers.scoring import final_hidden, first_token_ids, last_token_logits, unembed
 from helpers.tasks import EditTask
-
-
-PRECISIONS = ("float32", "bfloat16")
-
-
-class StepPrecision:
-    """The numeric context of each optimizer step: float32, or bf16 autocast with frozen weights cast once.
-
-    Under autocast every matrix product runs in bf16, and a weight that does not require
-    gradients is cast again at every call (a quarter of a bf16 step's time on this CPU, most of
-    it the 262k-row unembedding). So the frozen linear weights are cast to bf16 once, when this
-    object is built (after the trainable parameters are set), and swapped in only inside
-    :meth:`step`: the same products, without the casts. Outside a step the model holds its
-    float32 weights, so evaluations between steps are unaffected.
-
-    Enter ``step()`` once per optimizer step: autocast caches its bf16 copies of the trainable
-    weights until it exits, so a context held across steps would keep using the old weights.
-    """
-
-    def __init__(self, model: LoadedModel, precision: str) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        self.model, self.precision = model, precision
-        self.low_precision: dict[nn.Linear, tuple[nn.Parameter, nn.Parameter]] = {}
-        if precision == "bfloat16":
-            for module in model.hf_model.modules():
-                weight = getattr(module, "weight", None)
-                if isinstance(module, nn.Linear) and not weight.requires_grad and weight.dtype == torch.float32:
-                    copy = nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
-                    self.low_precision[module] = (weight, copy)
-
-    @contextmanager
-    def step(self) -> Iterator[None]:
-        """Run one step's forward pass in this precision (the backward pass may follow outside)."""
-        enabled = self.precision == "bfloat16"
-        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=enabled):
-            for module, (_, copy) in self.low_precision.items():
-                module._parameters["weight"] = copy  # not ``.weight =``: a tied lm_head keeps its embedding intact
-            try:
-                yield
-            finally:
-                for module, (original, _) in self.low_precision.items():
-                    module._parameters["weight"] = original
 
 
 @dataclass(frozen=True)
@@ -226,13 +183,13 @@ def train_localized(
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     log = TrainingLog([], [], [], [], 0.0)
     start = time.perf_counter()
-    precision = StepPrecision(model, config.precision)
+    precision = Precision(model, config.precision)
     model.hf_model.train()
     try:
         for _ in tqdm(range(config.steps), desc=f"{task.name} / {localization.name}", disable=not progress, unit="step"):
             forget = task.forget_train.iloc[_sample(len(task.forget_train), config.batch_size, rng)]
             maintain = task.maintain_train.iloc[_sample(len(task.maintain_train), config.batch_size, rng)]
-            with precision.step():
+            with precision.active():
                 forget_logits, maintain_logits = joint_answer_logits(model, forget.prompt, maintain.prompt)
                 if task.mode == "edit":
                     forget_loss = answer_loss(model, forget_logits, forget.new)

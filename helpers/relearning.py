@@ -38,9 +38,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from helpers.finetune import PRECISIONS, StepPrecision, answer_loss, joint_answer_logits, restored, retain_loss
+from helpers.finetune import answer_loss, joint_answer_logits, restored, retain_loss
 from helpers.localization import Localization
 from helpers.models import LoadedModel
+from helpers.precision import PRECISIONS, Precision
 from helpers.records import answer_probabilities
 from helpers.tasks import EditTask
 
@@ -177,11 +178,11 @@ def _train(
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, 0, config.steps)
     model.hf_model.eval()
-    precision = StepPrecision(model, config.precision)
+    precision = Precision(model, config.precision)
     rows = [measure(0)]
     for step in tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, unit="step"):
         model.hf_model.train()
-        with precision.step():
+        with precision.active():
             total = loss(rng, generator)
         if not torch.isfinite(total):
             raise FloatingPointError(f"The relearning loss diverged at step {step}; lower the learning rate")

@@ -24,8 +24,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from helpers.finetune import PRECISIONS, StepPrecision
 from helpers.models import LoadedModel
+from helpers.precision import PRECISIONS, Precision
 from helpers.relearning import mean_p_true, preserved_flags, relearning_split
 from helpers.scoring import final_hidden, first_token_ids, unembed
 from helpers.tasks import EditTask
@@ -131,10 +131,10 @@ def train_soft_prompt(
         model.hf_model.eval()
         for parameter in model.hf_model.parameters():
             parameter.requires_grad_(False)
-        precision = StepPrecision(model, config.precision)
+        precision = Precision(model, config.precision)
         for _ in tqdm(range(config.steps), desc="soft prompt", disable=not progress, unit="step"):
             facts = frame.iloc[rng.permutation(len(frame))[: config.batch_size]]
-            with precision.step():
+            with precision.active():
                 logits = prefixed_logits(model, facts.prompt.tolist(), units * scale)
             loss = -true_log_probs(model, logits, facts.true.tolist(), candidates).mean()
             optimizer.zero_grad(set_to_none=True)

@@ -3,8 +3,10 @@
 The naive loop computes the logits of every position (for the fact losses and for the retain
 loss) in float32, as a first implementation would; ours computes only the last position's
 logits for the facts and a random subset of positions for the retain loss (see
-``helpers/finetune.py``), once in float32 and once in bf16 (``finetune.StepPrecision``). All
-three train the same localization with the same hyper-parameters from the same weights.
+``helpers/finetune.py``), once in float32 and once in bf16 (``helpers.precision.Precision``). All
+train the same localization with the same hyper-parameters from the same weights. The
+bf16 loop runs twice, with eager attention (the book's default, see ``helpers/models.py``) and
+with PyTorch's SDPA kernel (Hugging Face's default, which the naive loop uses).
 
     .venv/bin/python scripts/benchmark_finetune.py --facts 16 --steps 10
 
@@ -43,7 +45,8 @@ def naive_retain_loss(model, chunks, n_positions, generator):
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), chunks[:, 1:].flatten().to(model.device))
 
 
-def run(model, localization, task, chunks, config, seed, naive: bool = False) -> finetune.TrainingLog:
+def run(model, localization, task, chunks, config, seed, naive: bool = False, attention: str = "eager") -> finetune.TrainingLog:
+    model.hf_model.set_attn_implementation(attention)
     patches = (
         [mock.patch.object(finetune, "answer_logits", naive_answer_logits),
          mock.patch.object(finetune, "retain_loss", naive_retain_loss)] if naive else []
@@ -79,9 +82,11 @@ def main() -> None:
         learning_rate=args.learning_rate, steps=args.steps, batch_size=args.facts, retain_batch_size=args.retain)
     chunks = finetune.retain_chunks(model, load_general_text("train"), config.retain_length)
     logs = {
-        "naive": run(model, localization, task, chunks, config, args.seed, naive=True),
+        "naive": run(model, localization, task, chunks, config, args.seed, naive=True, attention="sdpa"),
         "ours_float32": run(model, localization, task, chunks, config, args.seed),
         "ours_bfloat16": run(model, localization, task, chunks, replace(config, precision="bfloat16"), args.seed),
+        "ours_bfloat16_sdpa": run(
+            model, localization, task, chunks, replace(config, precision="bfloat16"), args.seed, attention="sdpa"),
     }
     per_step = {name: log.seconds / args.steps for name, log in logs.items()}
     print(json.dumps({

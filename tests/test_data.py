@@ -2,7 +2,6 @@
 
 import json
 
-import pandas as pd
 import pytest
 
 from helpers.counterfact import load_counterfact, records_to_frame

@@ -22,7 +22,7 @@ from helpers.evaluation import (
     quiz_accuracy,
 )
 from helpers.finetune import retain_chunks
-from helpers.prompts import LETTERS, SPORT_ANSWERS, SPORTS, paraphrase_prompts_for_sports
+from helpers.prompts import LETTERS, SPORTS, paraphrase_prompts_for_sports
 from helpers.scoring import candidate_probs, renormalize
 from helpers.tasks import counterfact_edit, sports_athlete_edit
 

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from helpers.finetune import (
-    StepPrecision,
     TrainingConfig,
     answer_logits,
     joint_answer_logits,
@@ -16,6 +15,7 @@ from helpers.finetune import (
     train_localized,
     unlearning_loss,
 )
+from helpers.precision import Precision
 from helpers.localization import Component, Localization, named_weights
 from helpers.prompts import SPORTS
 from helpers.scoring import first_token_ids
@@ -113,10 +113,10 @@ def test_bf16_steps_match_plain_autocast_and_leave_float32_weights_outside(setup
     prompts = list(task.forget_train.prompt)
     embedding = model.hf_model.get_input_embeddings().weight
     with restored(model, localization) as trainable:
-        precision = StepPrecision(model, "bfloat16")
+        precision = Precision(model, "bfloat16")
         with torch.autocast("cpu", dtype=torch.bfloat16):
             expected = answer_logits(model, prompts)
-        with precision.step():
+        with precision.active():
             assert model.hf_model.get_output_embeddings().weight.dtype == torch.bfloat16
             assert model.hf_model.get_input_embeddings().weight is embedding  # the tied lookup stays float32
             assert all(p.dtype == torch.float32 for p in trainable)

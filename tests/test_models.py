@@ -18,11 +18,18 @@ def test_local_folder_loads_with_dtype(tmp_path, gemma_tokenizer):
     assert next(loaded.hf_model.parameters()).dtype == torch.bfloat16
     assert loaded.tokenizer.padding_side == "left"
     assert not loaded.hf_model.training
+    assert loaded.hf_model.config._attn_implementation == "eager"
+    assert load_model(str(tmp_path), attention="sdpa").hf_model.config._attn_implementation == "sdpa"
 
 
 def test_unknown_model_gives_clear_error():
     with pytest.raises(ValueError, match="Unknown model 'no-such-org/no-such-model'"):
         load_model("no-such-org/no-such-model")
+
+
+def test_unknown_attention_gives_clear_error():
+    with pytest.raises(ValueError, match="Unknown attention implementation 'fast'"):
+        load_model(attention="fast")
 
 
 def test_unknown_dtype_gives_clear_error():

@@ -114,6 +114,17 @@ def test_causal_trace_is_seeded(traced_model, batches):
     assert not np.allclose(first.mlp, other.mlp)
 
 
+def test_bf16_causal_trace_stays_close_to_float32(traced_model, batches):
+    exact = causal_trace(traced_model, batches, seed=0, progress=False)
+    fast = causal_trace(traced_model, batches, seed=0, precision="bfloat16", progress=False)
+    assert not np.array_equal(exact.mlp, fast.mlp)  # bf16 products really ran
+    np.testing.assert_allclose(fast.mlp, exact.mlp, atol=0.03)
+    np.testing.assert_allclose(fast.attn, exact.attn, atol=0.03)
+    assert all(p.dtype == torch.float32 for p in traced_model.hf_model.parameters())
+    with pytest.raises(ValueError, match="precision must be one of"):
+        causal_trace(traced_model, batches, precision="int8", progress=False)
+
+
 def test_attribution_is_exact_to_first_order(traced_model, batches):
     """A tiny change of one MLP's or one head's activation: the estimate must equal the exact change."""
     batch = batches[0]
