@@ -242,6 +242,7 @@ def causal_trace(
     _check_batches(batches)
     noise_std = noise_scale * subject_embedding_std(model, batches)
     generator = torch.Generator().manual_seed(seed)
+    _ = model.bridge  # build it on the float32 weights (built inside the bf16 context below, it would keep the copies)
     context = Precision(model, precision, trained=())
     clean, noised, restored, present = [], [], [], []
     for batch in tqdm(batches, desc="causal tracing", unit="batch", disable=not progress):

@@ -50,6 +50,15 @@ CLAIMS = (
           "editing all MLPs or the whole model", "MCQ edit accuracy", True, ("all_mlps", "nonlocalized"), margin=0.05),
 )
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "inconclusive (one seed)")
+VERDICT_COLOURS = dict(zip(VERDICTS, ("#d9f2d9", "#f8d7da", "#fff3cd", "#eeeeee")))
+
+
+def claim(name: str) -> Claim:
+    """The claim of :data:`CLAIMS` called ``name``."""
+    named = {c.name: c for c in CLAIMS}
+    if name not in named:
+        raise ValueError(f"Unknown claim {name!r}; choose one of {list(named)}")
+    return named[name]
 
 
 def paired_differences(metrics: pd.DataFrame, task: str, metric: str, other: str, higher_is_better: bool = True) -> pd.Series:
@@ -111,3 +120,11 @@ def verdict_table(metrics: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS, con
                     "verdict": verdict(low, high, claim.margin),
                 })
     return pd.DataFrame(rows)
+
+
+def styled_verdicts(table: pd.DataFrame):
+    """A :func:`verdict_table` for display: three decimals, each verdict on its colour."""
+    shown = table.drop(columns=["statement", "metric"])
+    return (shown.style.format(precision=3, na_rep="–")
+            .map(lambda v: f"background-color: {VERDICT_COLOURS.get(v, '')}", subset=["verdict"])
+            .hide(axis="index"))

@@ -8,10 +8,13 @@ train the same localization with the same hyper-parameters from the same weights
 bf16 loop runs twice, with eager attention (the book's default, see ``helpers/models.py``) and
 with PyTorch's SDPA kernel (Hugging Face's default, which the naive loop uses).
 
-    .venv/bin/python scripts/benchmark_finetune.py --facts 16 --steps 10
+    .venv/bin/python scripts/benchmark_finetune.py --facts 16 --batch 8 --steps 10 --timed-run 50
 
 Prints the seconds per step of each loop, the ratio to the naive loop, the time a 50-step run
 would take at that rate, and the final losses (the bf16 loop's differ from float32 by rounding).
+``--timed-run N`` then times a whole N-step edit of the ``--facts`` facts with the book's loop
+(bf16, eager attention), end to end. ``--batch`` is the facts per step for the forget and for
+the maintain loss (default: all of them).
 """
 
 from __future__ import annotations
@@ -64,13 +67,16 @@ def run(model, localization, task, chunks, config, seed, naive: bool = False, at
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--facts", type=int, default=16)
+    parser.add_argument("--facts", type=int, default=16, help="facts edited")
+    parser.add_argument("--batch", type=int, default=None, help="forget (and maintain) facts per step; default --facts")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--mlps", default="2,3,4,5,6", help="MLP layers trained (comma-separated)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, default=3e-5)
     parser.add_argument("--retain", type=int, default=2, help="general-text sequences per step")
+    parser.add_argument("--timed-run", type=int, default=0, help="then time one whole run of this many steps")
     args = parser.parse_args()
+    batch = args.batch or args.facts
 
     torch.manual_seed(args.seed)
     model = load_model(args.model)
@@ -79,7 +85,7 @@ def main() -> None:
         "benchmark", model, [Component("mlp", int(l)) for l in args.mlps.split(",")], "benchmark"
     )
     config = finetune.TrainingConfig(
-        learning_rate=args.learning_rate, steps=args.steps, batch_size=args.facts, retain_batch_size=args.retain)
+        learning_rate=args.learning_rate, steps=args.steps, batch_size=batch, retain_batch_size=args.retain)
     chunks = finetune.retain_chunks(model, load_general_text("train"), config.retain_length)
     logs = {
         "naive": run(model, localization, task, chunks, config, args.seed, naive=True, attention="sdpa"),
@@ -89,14 +95,20 @@ def main() -> None:
             model, localization, task, chunks, replace(config, precision="bfloat16"), args.seed, attention="sdpa"),
     }
     per_step = {name: log.seconds / args.steps for name, log in logs.items()}
+    timed = {}
+    if args.timed_run:
+        book_loop = replace(config, precision="bfloat16", steps=args.timed_run)
+        log = run(model, localization, task, chunks, book_loop, args.seed)
+        timed = {"timed_run": {"steps": args.timed_run, "seconds": log.seconds, "final_forget_loss": log.forget[-1]}}
     print(json.dumps({
-        "facts": args.facts, "steps": args.steps, "retain_sequences": args.retain,
+        "facts": args.facts, "facts_per_step": batch, "steps": args.steps, "retain_sequences": args.retain,
         "trainable_parameters": localization.n_parameters, "seconds_per_step": per_step,
         "speedup_vs_naive": {name: per_step["naive"] / t for name, t in per_step.items()},
         "seconds_per_50_step_run": {name: 50 * t for name, t in per_step.items()},
         "final_forget_loss": {name: log.forget[-1] for name, log in logs.items()},
         "final_maintain_loss": {name: log.maintain[-1] for name, log in logs.items()},
         "final_retain_loss": {name: log.retain[-1] for name, log in logs.items()},
+        **timed,
     }, indent=1))
 
 

@@ -32,9 +32,8 @@ from tests.conftest import tiny_gemma_config
 SUBJECTS = ["Michael Jordan", "Tom Brady", "Babe Ruth", "Serena Williams", "Peyton Manning", "Lionel Messi"]
 
 
-@pytest.fixture(scope="module")
-def traced_model(gemma_tokenizer) -> LoadedModel:
-    """A tiny random Gemma3 of its own (building the bridge rewraps its modules in place).
+def tiny_traced_model(gemma_tokenizer) -> LoadedModel:
+    """A tiny random Gemma3 (seeded), its bridge not built yet.
 
     Its queries are zero, so every position attends uniformly to the ones before it and the
     subject reaches the last position.
@@ -46,7 +45,13 @@ def traced_model(gemma_tokenizer) -> LoadedModel:
     with torch.no_grad():
         for layer in hf_model.model.layers:
             layer.self_attn.q_proj.weight.zero_()
-    model = LoadedModel("tiny-gemma3-traced", hf_model, gemma_tokenizer, EMBEDDED_ARCHITECTURE_ID)
+    return LoadedModel("tiny-gemma3-traced", hf_model, gemma_tokenizer, EMBEDDED_ARCHITECTURE_ID)
+
+
+@pytest.fixture(scope="module")
+def traced_model(gemma_tokenizer) -> LoadedModel:
+    """:func:`tiny_traced_model` of its own, bridge built (building it rewraps the modules in place)."""
+    model = tiny_traced_model(gemma_tokenizer)
     assert model.bridge is not None
     return model
 
@@ -123,6 +128,16 @@ def test_bf16_causal_trace_stays_close_to_float32(traced_model, batches):
     assert all(p.dtype == torch.float32 for p in traced_model.hf_model.parameters())
     with pytest.raises(ValueError, match="precision must be one of"):
         causal_trace(traced_model, batches, precision="int8", progress=False)
+
+
+def test_a_bf16_trace_on_a_model_without_its_bridge_leaves_float32_weights(gemma_tokenizer, traced_model, batches):
+    """The bridge is built on first use; a bf16 trace must not build it on the bf16 copies."""
+    fresh = tiny_traced_model(gemma_tokenizer)
+    assert not fresh.bridge_built
+    fast = causal_trace(fresh, batches, seed=0, precision="bfloat16", progress=False)
+    np.testing.assert_allclose(fast.mlp, causal_trace(traced_model, batches, seed=0, progress=False).mlp, atol=0.03)
+    exact = causal_trace(fresh, batches, seed=0, progress=False)  # float32 products: no bf16 weight left behind
+    np.testing.assert_allclose(exact.mlp, causal_trace(traced_model, batches, seed=0, progress=False).mlp, atol=1e-5)
 
 
 def test_attribution_is_exact_to_first_order(traced_model, batches):
