@@ -4,8 +4,8 @@ Every loader returns a :class:`LoadedModel` that gives the Hugging Face model, i
 and (built on first use) a TransformerLens 4 ``TransformerBridge`` over the same weights.
 
 Attention runs in Hugging Face's "eager" implementation by default: on the book's short
-prompts it trains about 6% faster on a CPU than PyTorch's fused SDPA kernel, whose backward
-pass is slow for short sequences (``scripts/benchmark_finetune.py`` compares the two).
+prompts it trains a few percent faster on a CPU than PyTorch's fused SDPA kernel, whose
+backward pass is slow for short sequences (``scripts/benchmark_finetune.py`` compares the two).
 """
 
 from __future__ import annotations

@@ -21,11 +21,6 @@ from helpers.models import LoadedModel
 PRECISIONS = ("float32", "bfloat16")
 
 
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-
-
 class Precision:
     """The numeric context of a forward pass: float32, or bf16 autocast with frozen weights cast once.
 
@@ -41,7 +36,8 @@ class Precision:
     """
 
     def __init__(self, model: LoadedModel, precision: str, *, trained: Collection[nn.Parameter] | None = None) -> None:
-        check_precision(precision)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if trained is None:
             trained = [p for p in model.hf_model.parameters() if p.requires_grad]
         trained_ids = {id(p) for p in trained}

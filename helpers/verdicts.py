@@ -53,7 +53,7 @@ VERDICTS = ("reproduced", "not reproduced", "inconclusive", "inconclusive (one s
 VERDICT_COLOURS = dict(zip(VERDICTS, ("#d9f2d9", "#f8d7da", "#fff3cd", "#eeeeee")))
 
 
-def claim(name: str) -> Claim:
+def claim_named(name: str) -> Claim:
     """The claim of :data:`CLAIMS` called ``name``."""
     named = {c.name: c for c in CLAIMS}
     if name not in named:

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.verdicts import CLAIMS, VERDICT_COLOURS, Claim, claim, paired_differences, styled_verdicts, verdict, verdict_table
+from helpers.verdicts import CLAIMS, VERDICT_COLOURS, Claim, claim_named, paired_differences, styled_verdicts, verdict, verdict_table
 
 
 def metrics_with(differences: list[float], metric: str = "MCQ edit accuracy") -> pd.DataFrame:
@@ -57,8 +57,8 @@ def test_the_table_shows_the_parameter_ratio_when_known():
 
 
 def test_claims_by_name_and_the_coloured_table():
-    assert claim("relearning") is next(c for c in CLAIMS if c.name == "relearning")
+    assert claim_named("relearning") is next(c for c in CLAIMS if c.name == "relearning")
     with pytest.raises(ValueError, match="Unknown claim 'speed'"):
-        claim("speed")
+        claim_named("speed")
     html = styled_verdicts(verdict_table(metrics_with([0.30, 0.32, 0.31]), (CLAIM,))).to_html()
     assert VERDICT_COLOURS["reproduced"] in html and "statement" not in html
