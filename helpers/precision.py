@@ -4,8 +4,8 @@ Under ``torch.autocast`` every matrix product runs in bf16, and a weight is cast
 call: a quarter of a bf16 training step's time on a CPU, most of it the 262k-row unembedding.
 :class:`Precision` casts the frozen linear weights once and swaps the copies in only while
 :meth:`Precision.active` is entered. Fine-tuning (:mod:`helpers.finetune`), the attacks
-(:mod:`helpers.relearning`, :mod:`helpers.soft_prompt`) and causal tracing
-(:mod:`helpers.tracing`) run their forward passes inside it.
+(:mod:`helpers.relearning`, :mod:`helpers.soft_prompt`), causal tracing (:mod:`helpers.tracing`)
+and, when asked, the grid's evaluations (:mod:`helpers.robustness`) run their forward passes inside it.
 """
 
 from __future__ import annotations

@@ -229,10 +229,13 @@ def relearn(
             total = total + retain_loss(model, general_chunks[rows], config.retain_positions, generator)
         return total
 
+    both = pd.concat([held_out, learned], ignore_index=True)  # one scoring call for the two halves
+
     def measure(step: int) -> dict:
-        p_true = mean_p_true(model, held_out, task.candidates)
-        return {"attack": attack, "step": step, "p_true": p_true, "relearn_error": 1 - p_true,
-                "p_true_learned": mean_p_true(model, learned, task.candidates), "loss": float("nan")}
+        p_true = answer_probabilities(model, both, both.true.tolist(), task.candidates)
+        held, relearned = float(p_true[: len(held_out)].mean()), float(p_true[len(held_out):].mean())
+        return {"attack": attack, "step": step, "p_true": held, "relearn_error": 1 - held,
+                "p_true_learned": relearned, "loss": float("nan")}
 
     with preserved_flags(model), _attack_parameters(model, attack, localization, config, seed) as parameters:
         desc = f"relearn {task.name} ({attack})"

@@ -23,6 +23,7 @@ from helpers.latent import AthleteStates, latent_metrics, task_states
 from helpers.localization import Localization
 from helpers.mmlu import mmlu_accuracy
 from helpers.models import LoadedModel
+from helpers.precision import PRECISIONS, Precision
 from helpers.records import Measurements
 from helpers.relearning import ATTACKS, RelearnConfig, relearn
 from helpers.soft_prompt import SoftPromptConfig, soft_prompt_attack
@@ -43,8 +44,11 @@ class RobustnessSettings:
     mmlu_limit: int | None = None  # MMLU questions per subject through lm-eval (gpu profile); None: not measured
     seed: int = 0  # option orders, quiz sample, relearning split and soft-prompt initialization
     batch_size: int = 32
+    eval_precision: str = "float32"  # "bfloat16": the evaluation's matrix products in bf16 (about twice as fast on a CPU)
 
     def __post_init__(self) -> None:
+        if self.eval_precision not in PRECISIONS:
+            raise ValueError(f"eval_precision must be one of {PRECISIONS}, got {self.eval_precision!r}")
         unknown = [a for a in self.relearn_attacks if a not in ATTACKS]
         if unknown:
             raise ValueError(f"Unknown relearning attacks {unknown}; choose from {ATTACKS}")
@@ -65,13 +69,18 @@ class Robustness:
         self._original_states: dict[str, AthleteStates] = {}
 
     def evaluate(self, model: LoadedModel, task: EditTask) -> dict[str, float]:
-        """Every format, the general loss, the other-kind quiz (:func:`helpers.evaluation.evaluate_task`), MMLU if asked."""
+        """Every format, the general loss, the other-kind quiz (:func:`helpers.evaluation.evaluate_task`), MMLU if asked.
+
+        The formats, the loss and the quiz run in ``eval_precision``: with ``"bfloat16"`` every
+        linear weight is cast once per evaluation (:class:`helpers.precision.Precision`).
+        """
         s = self.settings
         quiz = other_kind_quiz(task, athletes=self.athletes, facts=self.facts, n=s.quiz_size, seed=s.seed)
-        metrics = evaluate_task(
-            model, task, quiz=quiz, general_chunks_or_texts=self.heldout_chunks, n_orders=s.n_orders,
-            seed=s.seed, batch_size=s.batch_size, max_general_tokens=s.max_general_tokens,
-        )
+        with Precision(model, s.eval_precision, trained=()).active():
+            metrics = evaluate_task(
+                model, task, quiz=quiz, general_chunks_or_texts=self.heldout_chunks, n_orders=s.n_orders,
+                seed=s.seed, batch_size=s.batch_size, max_general_tokens=s.max_general_tokens,
+            )
         if s.mmlu_limit:
             metrics["mmlu_accuracy"] = mmlu_accuracy(model, s.mmlu_limit, seed=s.seed)
         return metrics

@@ -151,6 +151,18 @@ def test_relearning_trains_on_the_learned_half_only(setup, monkeypatch):
     assert not set(seen) & set(held_out.prompt)
 
 
+def test_step_zero_measures_each_half_of_the_unattacked_model(setup):
+    model, task, localization, chunks = setup
+    learned, held_out = relearning_split(task, seed=0)
+    config = RelearnConfig(steps=1, eval_every=1, lora_rank=4, **SMALL)
+    first = relearn(model, task, localization, chunks, config, attack="full", seed=0, progress=False).iloc[0]
+    own = {name: answer_probabilities(model, half, half.true.tolist(), task.candidates).mean()
+           for name, half in (("held_out", held_out), ("learned", learned))}
+    assert first.p_true == pytest.approx(own["held_out"], abs=1e-5)
+    assert first.relearn_error == pytest.approx(1 - own["held_out"], abs=1e-5)
+    assert first.p_true_learned == pytest.approx(own["learned"], abs=1e-5)
+
+
 @pytest.mark.parametrize(("attack", "learning_rate"), [("lora", 3e-2), ("full", 1e-1)])
 def test_relearning_raises_p_true_on_the_learned_half(lively_model, attack, learning_rate):
     model, task, _, chunks = make_setup(lively_model)
