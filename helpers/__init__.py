@@ -10,3 +10,9 @@ Modules, in the order the book uses them:
 - :mod:`helpers.plots`: plotly set-up so figures render offline in the book.
 - :mod:`helpers.book`: execute the notebooks with papermill and build the book.
 """
+
+import warnings
+
+# huggingface_hub imports tqdm.auto, which warns in every notebook when ipywidgets is missing.
+# The book's pages are static and show text progress bars, which need no widgets.
+warnings.filterwarnings("ignore", message="IProgress not found")

@@ -65,6 +65,8 @@ def test_notebook_executes_with_ci_profile(built_book, entry):
     assert not [o for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert json.loads((staging / "timings.json").read_text())["seconds"][entry] > 0
     assert "run-time" in cells[1]["metadata"]["tags"] and "profile" in "".join(cells[1]["source"])
+    stderr = "".join("".join(o["text"]) for c in cells for o in c.get("outputs", []) if o.get("name") == "stderr")
+    assert "Warning" not in stderr, f"{entry} shows a warning to the reader: {stderr[:300]}"
 
 
 @pytest.mark.notebooks
