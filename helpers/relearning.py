@@ -26,7 +26,7 @@ For CounterFact the attack relearns toward ``target_true``; the authors' code tr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -164,9 +164,11 @@ def _rows(frame: pd.DataFrame, k: int, rng: np.random.Generator) -> pd.DataFrame
     return frame.iloc[rng.permutation(len(frame))[:k]]
 
 
-def mean_p_true(model: LoadedModel, frame: pd.DataFrame, candidates: tuple[str, ...] | None) -> float:
-    """Mean P(true answer) on ``frame``'s fact prompts (the task's probability convention)."""
-    return float(answer_probabilities(model, frame, frame.true.tolist(), candidates).mean())
+def mean_p_true(model: LoadedModel, frames: Sequence[pd.DataFrame], candidates: tuple[str, ...] | None) -> list[float]:
+    """Mean P(true answer) on each frame's fact prompts (the task's probability convention), scored in one call."""
+    together = pd.concat(frames, ignore_index=True)
+    p_true = answer_probabilities(model, together, together.true.tolist(), candidates)
+    return [float(part.mean()) for part in np.split(p_true, np.cumsum([len(f) for f in frames])[:-1])]
 
 
 def _train(
@@ -229,11 +231,8 @@ def relearn(
             total = total + retain_loss(model, general_chunks[rows], config.retain_positions, generator)
         return total
 
-    both = pd.concat([held_out, learned], ignore_index=True)  # one scoring call for the two halves
-
     def measure(step: int) -> dict:
-        p_true = answer_probabilities(model, both, both.true.tolist(), task.candidates)
-        held, relearned = float(p_true[: len(held_out)].mean()), float(p_true[len(held_out):].mean())
+        held, relearned = mean_p_true(model, (held_out, learned), task.candidates)
         return {"attack": attack, "step": step, "p_true": held, "relearn_error": 1 - held,
                 "p_true_learned": relearned, "loss": float("nan")}
 

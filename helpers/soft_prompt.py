@@ -157,10 +157,11 @@ def soft_prompt_attack(
     learned, held_out = relearning_split(task, seed)
     prefix = train_soft_prompt(model, learned, task.candidates, config, seed=seed, progress=progress)
     after = prefixed_p_true(model, held_out, task.candidates, prefix, config.batch_size)
+    before, train_before = mean_p_true(model, (held_out, learned), task.candidates)
     return {
-        "soft_prompt_p_true_before": mean_p_true(model, held_out, task.candidates),
+        "soft_prompt_p_true_before": before,
         "soft_prompt_p_true_after": after,
         "soft_prompt_error": 1 - after,
-        "soft_prompt_train_p_true_before": mean_p_true(model, learned, task.candidates),
+        "soft_prompt_train_p_true_before": train_before,
         "soft_prompt_train_p_true_after": prefixed_p_true(model, learned, task.candidates, prefix, config.batch_size),
     }
