@@ -16,7 +16,6 @@ and under each notebook's title.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -29,6 +28,8 @@ import nbformat
 import papermill
 import plotly
 import yaml
+
+from helpers.cache import write_json
 
 ROOT = Path.cwd()
 KERNEL = "python3"
@@ -124,7 +125,7 @@ def build_book(profile_name: str = "cpu", root: Path = ROOT, staging: Path | Non
     staging = staging or root / "_build" / "book"
     staging.mkdir(parents=True, exist_ok=True)
     timings = execute_all(profile_name, staging, root)
-    (staging / "timings.json").write_text(json.dumps({"profile": profile_name, "seconds": timings}, indent=1))
+    write_json(staging / "timings.json", {"profile": profile_name, "seconds": timings})
     stage_sources(staging, root)
     html = build_html(staging)
     print(f"[book] built {html / 'index.html'}", flush=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 CACHE_ENV = "MECHUNLEARN_CACHE"
@@ -28,3 +30,26 @@ def results_dir(*parts: str) -> Path:
 def slug(name: str) -> str:
     """A file-system-safe version of a model name or Hugging Face id."""
     return re.sub(r"[^A-Za-z0-9._-]+", "--", name).strip("-")
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, renamed into place.
+
+    A reader sees the old file or the new one, never half of one: a crash or two writers at once
+    cannot leave a truncated file that is later read as valid.
+    """
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, data: object) -> Path:
+    """:func:`write_atomic` of ``data`` as indented JSON."""
+    return write_atomic(path, json.dumps(data, indent=1, default=str) + "\n")

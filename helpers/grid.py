@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from helpers.cache import results_dir, slug
+from helpers.cache import results_dir, slug, write_json
 from helpers.finetune import TrainingConfig
 from helpers.localization import Localization
 from helpers.models import LoadedModel
@@ -62,7 +62,7 @@ def run_grid(
             model, run.task, run.localization, general_chunks, run.config,
             seed=run.seed, task_seed=run.task_seed, measurements=measurements,
         ))
-    manifest_path(model.name).write_text(json.dumps([r["key"] for r in records], indent=1) + "\n")
+    write_json(manifest_path(model.name), [r["key"] for r in records])
     return pd.json_normalize(records, sep=".")
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from helpers.cache import cache_dir, slug
+from helpers.cache import cache_dir, slug, write_atomic
 
 
 def cached_scores(
@@ -24,6 +24,6 @@ def cached_scores(
         scores = pd.read_csv(path)
     else:
         scores = compute(keys.reset_index(drop=True))
-        scores.to_csv(path, index=False)
+        write_atomic(path, scores.to_csv(index=False))
     scores.index = keys.index
     return scores

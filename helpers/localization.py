@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from helpers.cache import results_dir, slug
+from helpers.cache import results_dir, slug, write_json
 from helpers.models import LoadedModel
 
 KINDS = ("mlp", "attn")
@@ -184,7 +184,7 @@ class Localization:
     def save(self, dataset: str) -> Path:
         """Write to ``results/localizations/<model>/<dataset>/<name>.json``; return the path."""
         path = localization_path(self.model_name, dataset, self.name)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        write_json(path, self.to_dict())
         return path
 
     @classmethod

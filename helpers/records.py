@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers.cache import results_dir
+from helpers.cache import results_dir, write_json
 from helpers.finetune import TrainingConfig, restored, train_localized
 from helpers.localization import Localization
 from helpers.models import LoadedModel
@@ -95,7 +95,7 @@ def baseline_metrics(model: LoadedModel, task: EditTask, measurements: Measureme
     if path.exists():
         return json.loads(path.read_text())
     metrics = measurements.evaluate(model, task)
-    path.write_text(json.dumps(metrics, indent=1) + "\n")
+    write_json(path, metrics)
     return metrics
 
 
@@ -135,7 +135,7 @@ def run_experiment(
         "seconds": log.seconds, "measure_seconds": measure_seconds, "curves": log.to_dict(),
         "metrics_before": before, "metrics": after, "attacks": attacks,
     }
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(path, record)
     return record
 
 

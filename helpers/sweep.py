@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from helpers.cache import results_dir, slug
+from helpers.cache import results_dir, slug, write_json
 from helpers.finetune import TrainingConfig
 from helpers.localization import Localization
 from helpers.models import LoadedModel
@@ -101,7 +101,7 @@ def save_choices(choices: pd.DataFrame, model_name: str, task_name: str) -> Path
     """Write the chosen (learning rate, c_f) per localization; return the path."""
     path = choices_path(model_name, task_name)
     columns = ["localization", "learning_rate", "forget_weight", "score"]
-    path.write_text(json.dumps(choices[columns].to_dict(orient="records"), indent=1) + "\n")
+    write_json(path, choices[columns].to_dict(orient="records"))
     return path
 
 
