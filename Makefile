@@ -1,6 +1,11 @@
 # make book  [PROFILE=cpu|ci|gpu]  set up, execute every notebook, build the HTML book
 # make test                         set up, run the unit tests, model tests and notebooks (ci profile)
+# PRECISION=float32|bfloat16        force one precision over every precision parameter of the run
+#                                   (default: each parameter's own value, "auto" for most)
 PROFILE ?= cpu
+ifdef PRECISION
+export MECHUNLEARN_PRECISION := $(PRECISION)
+endif
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -21,6 +26,7 @@ book: setup
 	$(BIN)/python -m helpers.book --profile $(PROFILE)
 
 test: setup
+	$(BIN)/python -c "from helpers.precision import describe_hardware; print('[test] precision:', describe_hardware())"
 	$(BIN)/python -m pytest -v --durations=15
 
 clean:

@@ -10,7 +10,8 @@
 3. runs ``jupyter-book build`` on the staged tree with warnings as errors.
 
 A failing cell stops the build (papermill raises). Run times go to ``_build/book/timings.json``
-and under each notebook's title.
+and under each notebook's title, with what ``"auto"`` precision chose on this machine and
+whether ``MECHUNLEARN_PRECISION`` forced one (:func:`helpers.precision.hardware_summary`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import plotly
 import yaml
 
 from helpers.cache import write_json
+from helpers.precision import describe_hardware, hardware_summary
 
 ROOT = Path.cwd()
 KERNEL = "python3"
@@ -81,12 +83,13 @@ def execute_notebook(source: Path, target: Path, profile: dict, root: Path = ROO
     return time.perf_counter() - start
 
 
-def note_run_time(notebook: Path, seconds: float, profile_name: str) -> None:
+def note_run_time(notebook: Path, seconds: float, profile_name: str, precision: str = "") -> None:
     """Put a line under the notebook's title saying how long it took to execute, with which profile, where."""
     content = nbformat.read(notebook, as_version=4)
     minutes, rest = divmod(round(seconds), 60)
     note = (f"*Executed for this book with the `{profile_name}` profile on {date.today():%Y-%m-%d}: "
-            f"{minutes} min {rest} s on a machine with {os.cpu_count()} CPU cores.*")
+            f"{minutes} min {rest} s on a machine with {os.cpu_count()} CPU cores"
+            f"{f' (precision: {precision})' if precision else ''}.*")
     content.cells.insert(1, nbformat.v4.new_markdown_cell(note, metadata={"tags": ["run-time"]}))
     nbformat.write(content, notebook)
 
@@ -95,10 +98,12 @@ def execute_all(profile_name: str, staging: Path, root: Path = ROOT) -> dict[str
     """Execute the notebooks of the table of contents into ``staging``; return run times."""
     profile = load_profile(profile_name, root)
     timings = {}
+    precision = describe_hardware(profile.get("device", "cpu"))
+    print(f"[book] precision: {precision}", flush=True)
     for entry in toc_notebooks(root):
         print(f"[book] executing {entry}.ipynb with profile {profile_name!r}", flush=True)
         timings[entry] = execute_notebook(root / f"{entry}.ipynb", staging / f"{entry}.ipynb", profile, root)
-        note_run_time(staging / f"{entry}.ipynb", timings[entry], profile_name)
+        note_run_time(staging / f"{entry}.ipynb", timings[entry], profile_name, precision)
         print(f"[book] {entry}: {timings[entry]:.0f} s", flush=True)
     return timings
 
@@ -125,7 +130,8 @@ def build_book(profile_name: str = "cpu", root: Path = ROOT, staging: Path | Non
     staging = staging or root / "_build" / "book"
     staging.mkdir(parents=True, exist_ok=True)
     timings = execute_all(profile_name, staging, root)
-    write_json(staging / "timings.json", {"profile": profile_name, "seconds": timings})
+    precision = hardware_summary(load_profile(profile_name, root).get("device", "cpu"))
+    write_json(staging / "timings.json", {"profile": profile_name, "precision": precision, "seconds": timings})
     stage_sources(staging, root)
     html = build_html(staging)
     print(f"[book] built {html / 'index.html'}", flush=True)

@@ -18,8 +18,10 @@ computed for the fact losses, and only the sampled positions' logits for the ret
 (:func:`helpers.scoring.unembed`); a prompt prefix shared by a batch runs once
 (:func:`helpers.scoring.last_token_logits`); layers below the first trainable one build no
 autograd graph, because nothing below them requires gradients. ``precision="bfloat16"``
-runs the matrix products in bf16 (:class:`helpers.precision.Precision`; about twice as fast on
-this CPU, the losses differ by rounding, see ``scripts/benchmark_finetune.py``). The forget
+runs the matrix products in bf16 (:class:`helpers.precision.Precision`): about twice as fast on a
+CPU with native bf16 (AVX512-BF16, AMX) and far slower on one without, so the default ``"auto"``
+picks it only where it is native (:func:`helpers.precision.resolve_precision`); the losses differ
+by rounding (``scripts/benchmark_finetune.py`` measures both on the machine it runs on). The forget
 and maintain prompts share one forward pass.
 """
 
@@ -39,7 +41,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from helpers.localization import Localization
 from helpers.models import LoadedModel
-from helpers.precision import PRECISIONS, Precision
+from helpers.precision import CHOICES, Precision
 from helpers.scoring import final_hidden, first_token_ids, last_token_logits, unembed
 from helpers.tasks import EditTask
 
@@ -58,7 +60,7 @@ class TrainingConfig:
     unlearn_cap: float = 5.0  # cap of -log(1 - p) for unlearning
     grad_clip: float = 1.0
     warmup_steps: int = 0
-    precision: str = "float32"  # "bfloat16": autocast matmuls to bf16 (weights and optimizer stay fp32)
+    precision: str = "auto"  # "bfloat16": autocast matmuls to bf16 (weights and optimizer stay fp32); "auto": where native
 
     def __post_init__(self) -> None:
         checks = {
@@ -68,7 +70,7 @@ class TrainingConfig:
             "retain_positions": 1 <= self.retain_positions < self.retain_length,
             "unlearn_cap": self.unlearn_cap > 0, "grad_clip": self.grad_clip > 0,
             "warmup_steps": 0 <= self.warmup_steps < self.steps,
-            "precision": self.precision in PRECISIONS,
+            "precision": self.precision in CHOICES,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -121,11 +121,12 @@ class Localization:
     rule: str
     n_parameters: int
     scores: dict[str, float] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # how the scores were computed (e.g. the resolved precision)
 
     @classmethod
     def build(
         cls, name: str, model: LoadedModel, components: Iterable[Component], rule: str,
-        scores: Mapping[Component, float] | None = None,
+        scores: Mapping[Component, float] | None = None, settings: Mapping | None = None,
     ) -> Localization:
         components = sorted(set(components), key=lambda c: (c.kind, c.layer, c.matrix or ""))
         if not components:
@@ -133,7 +134,7 @@ class Localization:
         return cls(
             name=name, model_name=model.name, components=components, rule=rule,
             n_parameters=parameter_count(model, components),
-            scores={c.id: float(s) for c, s in (scores or {}).items()},
+            scores={c.id: float(s) for c, s in (scores or {}).items()}, settings=dict(settings or {}),
         )
 
     @property
@@ -167,7 +168,7 @@ class Localization:
     def to_dict(self) -> dict:
         return {
             "name": self.name, "model_name": self.model_name, "components": self.ids,
-            "rule": self.rule, "n_parameters": self.n_parameters, "scores": self.scores,
+            "rule": self.rule, "n_parameters": self.n_parameters, "scores": self.scores, "settings": self.settings,
         }
 
     @classmethod
@@ -179,6 +180,7 @@ class Localization:
             name=data["name"], model_name=data["model_name"],
             components=[Component.parse(c) for c in data["components"]], rule=data["rule"],
             n_parameters=int(data["n_parameters"]), scores=dict(data.get("scores", {})),
+            settings=dict(data.get("settings", {})),
         )
 
     def save(self, dataset: str) -> Path:
@@ -206,12 +208,13 @@ def localization_path(model_name: str, dataset: str, name: str) -> Path:
 
 def budget_matched(
     name: str, model: LoadedModel, scores: Mapping[Component, float], budget: int,
-    *, mlps_only: bool = False, method: str = "",
+    *, mlps_only: bool = False, method: str = "", settings: Mapping | None = None,
 ) -> Localization:
     """The paper's rule: add whole components in order of |score| until ``budget`` is used.
 
     Components are added while the running parameter count is below the budget, so the
-    result exceeds the budget by less than one component.
+    result exceeds the budget by less than one component. ``settings`` (how the scores were
+    computed) are stored with the localization and enter the key of every run that trains it.
     """
     if budget <= 0:
         raise ValueError(f"budget must be positive, got {budget}")
@@ -228,7 +231,7 @@ def budget_matched(
         f"{method} scores summed per {'MLP' if mlps_only else 'MLP and attention layer'}; "
         f"whole components added by |score| until the budget of {budget:,} parameters is used"
     )
-    return Localization.build(name, model, chosen, rule, {c: scores[c] for c in candidates})
+    return Localization.build(name, model, chosen, rule, {c: scores[c] for c in candidates}, settings)
 
 
 def random_matrices(name: str, model: LoadedModel, budget: int, seed: int) -> Localization:

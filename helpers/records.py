@@ -33,6 +33,7 @@ from helpers.cache import results_dir, write_json
 from helpers.finetune import TrainingConfig, restored, train_localized
 from helpers.localization import Localization
 from helpers.models import LoadedModel
+from helpers.precision import resolved
 from helpers.scoring import candidate_probs, renormalize
 from helpers.seed import seed_everything
 from helpers.tasks import EditTask
@@ -110,9 +111,11 @@ def run_experiment(
     """
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    config = resolved(config, model.device)  # the key and the record hold the precision that runs, never "auto"
     configuration = {
         "purpose": purpose, "task": task.name, "task_seed": task_seed, "task_fingerprint": task.fingerprint(),
         "n_forget": len(task.forget_train), "localization": localization.name, "components": localization.ids,
+        "localization_settings": localization.settings,
         "model": model.name, "seed": seed, "training": config.to_dict(), "measurements": measurements.key(),
     }
     key = run_key(configuration)

@@ -41,7 +41,7 @@ from transformers import get_cosine_schedule_with_warmup
 from helpers.finetune import answer_loss, joint_answer_logits, restored, retain_loss
 from helpers.localization import Localization
 from helpers.models import LoadedModel
-from helpers.precision import PRECISIONS, Precision
+from helpers.precision import CHOICES, Precision
 from helpers.records import answer_probabilities
 from helpers.tasks import EditTask
 
@@ -61,7 +61,7 @@ class RelearnConfig:
     retain_batch_size: int = 4  # general-text sequences per step (0: no retain loss)
     retain_positions: int = 16  # positions per sequence at which the retain loss is computed
     grad_clip: float = 1.0
-    precision: str = "float32"  # "bfloat16": autocast matmuls to bf16
+    precision: str = "auto"  # "bfloat16": autocast matmuls to bf16; "auto": where the hardware has native bf16
 
     def __post_init__(self) -> None:
         checks = {
@@ -69,7 +69,7 @@ class RelearnConfig:
             "learning_rate": 0 < self.learning_rate < 1, "lora_rank": self.lora_rank >= 1,
             "lora_alpha": self.lora_alpha > 0, "batch_size": self.batch_size >= 1,
             "retain_batch_size": self.retain_batch_size >= 0, "retain_positions": self.retain_positions >= 1,
-            "grad_clip": self.grad_clip > 0, "precision": self.precision in PRECISIONS,
+            "grad_clip": self.grad_clip > 0, "precision": self.precision in CHOICES,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from helpers.models import LoadedModel
-from helpers.precision import PRECISIONS, Precision
+from helpers.precision import CHOICES, Precision
 from helpers.relearning import mean_p_true, preserved_flags, relearning_split
 from helpers.scoring import final_hidden, first_token_ids, unembed
 from helpers.tasks import EditTask
@@ -40,13 +40,13 @@ class SoftPromptConfig:
     steps: int = 50
     learning_rate: float = 1e-2  # Adam, on the vectors in units of the mean token-embedding norm
     batch_size: int = 16  # facts per step (and per evaluation batch)
-    precision: str = "float32"  # "bfloat16": autocast matmuls to bf16
+    precision: str = "auto"  # "bfloat16": autocast matmuls to bf16; "auto": where the hardware has native bf16
 
     def __post_init__(self) -> None:
         checks = {
             "n_vectors": self.n_vectors >= 1, "max_norm": self.max_norm > 0, "steps": self.steps >= 1,
             "learning_rate": 0 < self.learning_rate < 10, "batch_size": self.batch_size >= 1,
-            "precision": self.precision in PRECISIONS,
+            "precision": self.precision in CHOICES,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

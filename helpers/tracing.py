@@ -211,6 +211,11 @@ class CausalTrace:
     p_clean: float
     p_noised: float
     n_prompts: int
+    precision: str  # resolved: "float32" or "bfloat16"
+
+    def settings(self) -> dict:
+        """What produced these effects, stored with the localizations made from them."""
+        return {"noise_std": self.noise_std, "n_prompts": self.n_prompts, "precision": self.precision}
 
     def component_scores(self) -> dict[Component, float]:
         """One score per MLP and attention layer: its largest effect over the position categories."""
@@ -223,7 +228,7 @@ class CausalTrace:
 
 def causal_trace(
     model: LoadedModel, batches: Sequence[ContrastBatch], *,
-    noise_scale: float = 3.0, seed: int = 0, max_rows: int = 256, precision: str = "float32", progress: bool = True,
+    noise_scale: float = 3.0, seed: int = 0, max_rows: int = 256, precision: str = "auto", progress: bool = True,
 ) -> CausalTrace:
     """ROME's causal tracing of every MLP and attention output, averaged over the prompts.
 
@@ -234,8 +239,10 @@ def causal_trace(
     1/3; pass ``noise_scale`` to study the effect of the noise level.
 
     ``precision="bfloat16"`` runs the forward passes' matrix products in bf16
-    (:class:`helpers.precision.Precision`): about 1.6x faster on a CPU, with effects within
-    about 0.01 of float32 (a test bounds the difference).
+    (:class:`helpers.precision.Precision`), with effects within about 0.01 of float32 (a test
+    bounds the difference): about 1.6x faster on a CPU with native bf16 (AVX512-BF16, AMX), far
+    slower on one without. ``"auto"`` (the default) picks bf16 only where it is native; the
+    trace records the precision that ran.
     """
     if noise_scale <= 0:
         raise ValueError(f"noise_scale must be positive, got {noise_scale}")
@@ -265,6 +272,7 @@ def causal_trace(
     return CausalTrace(
         mlp=effects[0], attn=effects[1], noise_std=noise_std,
         p_clean=float(clean.mean()), p_noised=float(noised.mean()), n_prompts=len(clean),
+        precision=context.precision,
     )
 
 
@@ -408,11 +416,12 @@ def activation_patching(
 
 def budget_matched_pair(
     name: str, model: LoadedModel, scores: Mapping[Component, float], budget: int, method: str,
+    settings: Mapping | None = None,
 ) -> list[Localization]:
     """The paper's two localizations from one method's scores: all components, and MLPs only."""
     return [
-        budget_matched(name, model, scores, budget, method=method),
-        budget_matched(f"{name}_mlps", model, scores, budget, mlps_only=True, method=method),
+        budget_matched(name, model, scores, budget, method=method, settings=settings),
+        budget_matched(f"{name}_mlps", model, scores, budget, mlps_only=True, method=method, settings=settings),
     ]
 
 

@@ -10,7 +10,20 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
+import helpers.precision as precision
 from helpers.models import EMBEDDED_ARCHITECTURE_ID, LoadedModel, embedded_model_folder, load_model
+
+
+@pytest.fixture(autouse=True)
+def float32_unless_asked(request, monkeypatch):
+    """Unit tests behave alike on every CPU: ``auto`` resolves to float32 and nothing is forced.
+
+    Tests that need bf16 ask for it by name. The notebook tests keep the machine's own choice
+    and a forcing ``MECHUNLEARN_PRECISION``, as ``make book`` would.
+    """
+    if request.node.get_closest_marker("notebooks") is None:
+        monkeypatch.delenv(precision.FORCE_ENV, raising=False)
+        monkeypatch.setattr(precision, "cpu_flags", lambda *args: frozenset())
 
 
 @pytest.fixture(scope="session")

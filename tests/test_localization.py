@@ -103,9 +103,11 @@ def test_controls(model):
 
 def test_json_round_trip_and_results_folder(model, tmp_path, monkeypatch):
     monkeypatch.setenv("MECHUNLEARN_RESULTS", str(tmp_path))
-    loc = Localization.build("fact lookup", model, [Component("mlp", 0)], "rule", {Component("mlp", 0): 0.3})
+    loc = Localization.build("fact lookup", model, [Component("mlp", 0)], "rule", {Component("mlp", 0): 0.3},
+                             settings={"precision": "bfloat16", "n_prompts": 8})
     path = loc.save("sports")
-    assert path.is_relative_to(tmp_path) and json.loads(path.read_text())["components"] == ["mlp.0"]
+    saved = json.loads(path.read_text())
+    assert path.is_relative_to(tmp_path) and saved["components"] == ["mlp.0"] and saved["settings"]["precision"] == "bfloat16"
     assert Localization.load("tiny", "sports", "fact lookup") == loc
     with pytest.raises(FileNotFoundError, match="run the localization notebooks first"):
         Localization.load("tiny", "counterfact", "fact lookup")

@@ -123,6 +123,8 @@ def test_bf16_causal_trace_stays_close_to_float32(traced_model, batches):
     exact = causal_trace(traced_model, batches, seed=0, progress=False)
     fast = causal_trace(traced_model, batches, seed=0, precision="bfloat16", progress=False)
     assert not np.array_equal(exact.mlp, fast.mlp)  # bf16 products really ran
+    assert (exact.precision, fast.precision) == ("float32", "bfloat16")  # auto: float32 in the unit tests
+    assert fast.settings()["precision"] == "bfloat16"
     np.testing.assert_allclose(fast.mlp, exact.mlp, atol=0.03)
     np.testing.assert_allclose(fast.attn, exact.attn, atol=0.03)
     assert all(p.dtype == torch.float32 for p in traced_model.hf_model.parameters())
