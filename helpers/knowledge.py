@@ -27,3 +27,16 @@ def cached_scores(
         write_atomic(path, scores.to_csv(index=False))
     scores.index = keys.index
     return scores
+
+
+def candidate_sample(frame: pd.DataFrame, n: int | None, *, seed: int = 0) -> pd.DataFrame:
+    """At most ``n`` rows of a data set (a seeded sample, in the data set's order); all of them when ``n`` is None or 0.
+
+    The ``ci`` profile scores a sample of the athletes and facts instead of every one; every chapter
+    draws the same sample, so the facts a chapter calls known are the ones the others saw.
+    """
+    if n is None or n == 0 or n >= len(frame):
+        return frame
+    if n < 0:
+        raise ValueError(f"The number of candidates must be positive (or None for all), got {n}")
+    return frame.sample(n=n, random_state=seed).sort_index()
