@@ -12,10 +12,14 @@ CACHE_ENV = "MECHUNLEARN_CACHE"
 RESULTS_ENV = "MECHUNLEARN_RESULTS"
 
 
+def cache_root() -> Path:
+    """Where the cache lives (``$MECHUNLEARN_CACHE`` or ``~/.cache/mechunlearn``), not created."""
+    return Path(os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mechunlearn")
+
+
 def cache_dir(*parts: str) -> Path:
-    """The cache folder (``$MECHUNLEARN_CACHE`` or ``~/.cache/mechunlearn``), created on demand."""
-    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mechunlearn"
-    path = Path(root).joinpath(*parts)
+    """A folder of the cache, created on demand."""
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
