@@ -87,7 +87,7 @@ def check_unique(keys: Iterable[str], labels: Sequence[str], source: str, field:
 
 
 def check_texts(texts: Sequence[object], source: str) -> list[str]:
-    """General text: a non-empty list of non-empty strings."""
+    """General text: a non-empty list of non-empty strings (a plain string is refused, not split)."""
     if isinstance(texts, str) or not texts:
-        raise ValueError(f"{source} must be a non-empty list of texts, got {type(texts).__name__}")
+        raise ValueError(f"No general text: {source} must be a non-empty list of texts, got {texts!r:.80}")
     return [text(t, source, f"text {i}", "text") for i, t in enumerate(texts)]

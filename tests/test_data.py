@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from helpers.counterfact import known_facts, load_counterfact, records_to_frame
+from helpers.finetune import retain_chunks
 from helpers.general_text import load_general_text
 from helpers.prompts import SPORTS
 from helpers.sports import known_athletes, load_sports
@@ -190,3 +191,16 @@ def test_relations_without_enough_answers_are_named_together_or_skipped(capsys):
 def test_general_text_bad_split():
     with pytest.raises(ValueError, match="Unknown split 'test'"):
         load_general_text("test")
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        ("One long article as a plain string.", "No general text: the general text argument must be a non-empty list"),
+        ([], "No general text"),
+        (["An article.", None], "the general text argument, text 1: field 'text' must be a non-empty string, got None"),
+    ],
+)
+def test_bad_general_text(tiny_model, texts, message):
+    with pytest.raises(ValueError, match=message):
+        retain_chunks(tiny_model, texts, 16)
