@@ -167,10 +167,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.print_parameters != bool(args.notebook):
         parser.error("--notebook and --print-parameters go together")
-    if args.print_parameters:
-        print(parameters_yaml(args.profile, args.notebook), end="")
-    else:
-        build_book(args.profile)
+    try:
+        if args.print_parameters:
+            print(parameters_yaml(args.profile, args.notebook), end="")
+        else:
+            build_book(args.profile)
+    except ValueError as error:  # a bad profile or notebook name: the message says it all
+        parser.exit(2, f"error: {error}\n")
 
 
 if __name__ == "__main__":

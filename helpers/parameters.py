@@ -169,6 +169,12 @@ def check_parameters(namespace: Mapping[str, object], notebook: str | Path) -> N
     path = notebook_path(notebook)
     declared = declared_parameters(path)
     given = _user_variables(namespace)
+    if "notebooks" in given and "notebooks" not in declared:
+        raise ValueError(
+            f"Notebook {path.name} got a profile's 'notebooks' section as a parameter: a profile is not a papermill "
+            f"parameter file. Resolve this notebook's values first: python -m helpers.book --profile <name> "
+            f"--notebook {path.stem} --print-parameters > parameters.yaml, then papermill -f parameters.yaml"
+        )
     for name in given:
         if name not in declared:
             raise unknown_name_error(f"Notebook {path.name}", "parameter", name, declared)

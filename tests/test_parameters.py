@@ -89,6 +89,8 @@ def tiny_notebook(tmp_path, monkeypatch):
         (None, None),
         ({"treshold": 0.7}, "Notebook tiny.ipynb: unknown parameter 'treshold' \\(did you mean 'threshold'\\?\\)"),
         ({"threshold": 1.5}, "Notebook tiny.ipynb: threshold must lie in \\(0, 1\\), got 1.5"),
+        (yaml.safe_load((ROOT / "profiles" / "ci.yaml").read_text()),
+         "Notebook tiny.ipynb got a profile's 'notebooks' section .* --notebook tiny --print-parameters"),
     ],
 )
 def test_papermill_parameters_are_checked_in_the_kernel(tiny_notebook, parameters, message):
