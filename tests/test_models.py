@@ -126,3 +126,12 @@ def test_cuda_without_cuda_says_so_in_one_line(tmp_path, gemma_tokenizer, monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="^device='cuda', but this machine has no CUDA GPU .*use device='cpu'$"):
         load_model(str(tmp_path), device="cuda")
+
+
+def test_a_cache_that_cannot_take_the_checksum_still_loads_with_a_warning(cached_tiny_model, monkeypatch):
+    def read_only(path, data):
+        raise PermissionError(f"read-only: {path}")
+
+    monkeypatch.setattr("helpers.models.write_json", read_only)
+    with pytest.warns(UserWarning, match="Could not write .*checksums.json .*the cached model is used unchecked"):
+        assert load_model().n_layers == 2
