@@ -1,5 +1,6 @@
 """Profiles and notebook parameters are checked before anything runs, with one message per mistake."""
 
+import ast
 import shutil
 from pathlib import Path
 
@@ -117,3 +118,9 @@ def test_a_threshold_nothing_reaches_is_named():
         known_mask(pd.Series([0.9, 0.5]), 0.999, "athletes")
     assert known_mask(pd.Series([0.9, 0.5]), 0.6, "athletes").tolist() == [True, False]
 
+
+
+def test_every_notebook_default_is_in_range():
+    for entry in toc_notebooks(ROOT):
+        for name, parameter in papermill.inspect_notebook(str(ROOT / f"{entry}.ipynb")).items():
+            check_value(name, ast.literal_eval(parameter["default"]))
