@@ -2,9 +2,11 @@
 
 ``python -m helpers.book --profile cpu`` (what ``make book`` runs):
 
-1. reads ``_toc.yml`` and executes every notebook it lists, in order, with the parameters of
-   ``profiles/<profile>.yaml`` (each notebook gets the ones its ``parameters`` cell declares;
-   a ``notebooks:`` section of the profile overrides values for one notebook by name);
+1. reads ``_toc.yml``, checks ``profiles/<profile>.yaml`` (:func:`helpers.parameters.check_profile`:
+   no unknown key or notebook name, no value out of range), and executes every notebook the
+   table of contents lists, in order, with the profile's parameters (each notebook gets the ones
+   its ``parameters`` cell declares; a ``notebooks:`` section of the profile overrides values for
+   one notebook by name);
 2. stages ``_config.yml``, ``_toc.yml``, ``book/`` and the executed notebooks in
    ``_build/book/``, with one local copy of plotly.js in ``_static/``;
 3. runs ``jupyter-book build`` on the staged tree with warnings as errors.
@@ -12,6 +14,9 @@
 A failing cell stops the build (papermill raises). Run times go to ``_build/book/timings.json``
 and under each notebook's title, with what ``"auto"`` precision chose on this machine and
 whether ``MECHUNLEARN_PRECISION`` forced one (:func:`helpers.precision.hardware_summary`).
+
+``python -m helpers.book --profile ci --notebook 04_localized_editing --print-parameters`` prints
+the parameters one notebook gets from a profile as YAML, for ``papermill -f``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import plotly
 import yaml
 
 from helpers.cache import write_json
+from helpers.parameters import check_profile, declared_parameters, unknown_name_error
 from helpers.precision import describe_hardware, hardware_summary
 
 ROOT = Path.cwd()
@@ -57,12 +63,19 @@ def toc_notebooks(root: Path = ROOT) -> list[str]:
 
 
 def load_profile(name: str, root: Path = ROOT) -> dict:
-    """The papermill parameters of ``profiles/<name>.yaml``."""
+    """The papermill parameters of ``profiles/<name>.yaml``, checked against the notebooks' parameters."""
     path = root / "profiles" / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in (root / "profiles").glob("*.yaml"))
         raise ValueError(f"Unknown profile {name!r}; available profiles: {known}")
-    return yaml.safe_load(path.read_text()) or {}
+    profile = yaml.safe_load(path.read_text()) or {}
+    check_profile(profile, path.relative_to(root), notebook_declarations(root))
+    return profile
+
+
+def notebook_declarations(root: Path = ROOT) -> dict[str, set[str]]:
+    """Notebook name (``04_localized_editing``) -> the parameters it declares, for every notebook of the book."""
+    return {Path(entry).name: declared_parameters(root / f"{entry}.ipynb") for entry in toc_notebooks(root)}
 
 
 def notebook_parameters(profile: dict, notebook: str) -> dict:
@@ -71,10 +84,15 @@ def notebook_parameters(profile: dict, notebook: str) -> dict:
     return {**shared, **(profile.get("notebooks") or {}).get(notebook, {})}
 
 
+def declared_notebook_parameters(profile: dict, notebook: Path) -> dict:
+    """The profile's values for the parameters ``notebook`` declares (what papermill should pass it)."""
+    declared = declared_parameters(notebook)
+    return {k: v for k, v in notebook_parameters(profile, notebook.stem).items() if k in declared}
+
+
 def execute_notebook(source: Path, target: Path, profile: dict, root: Path = ROOT) -> float:
     """Execute one notebook with the profile parameters it declares; return seconds taken."""
-    declared = papermill.inspect_notebook(str(source))
-    parameters = {k: v for k, v in notebook_parameters(profile, source.stem).items() if k in declared}
+    parameters = declared_notebook_parameters(profile, source)
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     papermill.execute_notebook(
@@ -138,11 +156,30 @@ def build_book(profile_name: str = "cpu", root: Path = ROOT, staging: Path | Non
     return html
 
 
+def parameters_yaml(profile_name: str, notebook: str, root: Path = ROOT) -> str:
+    """YAML of the parameters ``notebook`` gets from a profile, for ``papermill -f``."""
+    profile = load_profile(profile_name, root)
+    entries = {Path(entry).name: entry for entry in toc_notebooks(root)}
+    if notebook not in entries:
+        raise unknown_name_error("--notebook", "notebook", notebook, entries)
+    return yaml.safe_dump(declared_notebook_parameters(profile, root / f"{entries[notebook]}.ipynb"), sort_keys=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu", help="parameter profile in profiles/ (ci, cpu, gpu)")
+    parser.add_argument("--notebook", help="with --print-parameters: a notebook name, e.g. 04_localized_editing")
+    parser.add_argument("--print-parameters", action="store_true", help="print the notebook's parameters as YAML and exit")
     args = parser.parse_args()
-    build_book(args.profile)
+    if args.print_parameters != bool(args.notebook):
+        parser.error("--notebook and --print-parameters go together")
+    try:
+        if args.print_parameters:
+            print(parameters_yaml(args.profile, args.notebook), end="")
+        else:
+            build_book(args.profile)
+    except ValueError as error:  # a bad profile or notebook name: the message says it all
+        parser.exit(2, f"error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,14 @@ CACHE_ENV = "MECHUNLEARN_CACHE"
 RESULTS_ENV = "MECHUNLEARN_RESULTS"
 
 
+def cache_root() -> Path:
+    """Where the cache lives (``$MECHUNLEARN_CACHE`` or ``~/.cache/mechunlearn``), not created."""
+    return Path(os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mechunlearn")
+
+
 def cache_dir(*parts: str) -> Path:
-    """The cache folder (``$MECHUNLEARN_CACHE`` or ``~/.cache/mechunlearn``), created on demand."""
-    root = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mechunlearn"
-    path = Path(root).joinpath(*parts)
+    """A folder of the cache, created on demand."""
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -43,11 +47,19 @@ def write_atomic(path: Path, text: str) -> Path:
     try:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(text)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it an ordinary file's mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so it is set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, data: object) -> Path:

@@ -44,6 +44,7 @@ from helpers.models import LoadedModel
 from helpers.precision import CHOICES, Precision
 from helpers.scoring import final_hidden, first_token_ids, last_token_logits, unembed
 from helpers.tasks import EditTask
+from helpers.validation import check_texts
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,7 @@ def unlearning_loss(model: LoadedModel, logits: torch.Tensor, true_answers: Sequ
 
 def retain_chunks(model: LoadedModel, texts: Sequence[str], length: int) -> torch.Tensor:
     """General text cut into token sequences of ``length`` (BOS first), shape (n_chunks, length)."""
-    if not texts:
-        raise ValueError("No general text for the retain loss")
+    texts = check_texts(texts, "the general text argument")
     ids = [i for text in texts for i in model.tokenizer(text, add_special_tokens=False)["input_ids"]]
     body = length - 1
     n = len(ids) // body

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from importlib.resources import files
 
+from helpers.validation import check_texts
+
 EMBEDDED_TEXT = files("helpers") / "data" / "general_text"
 SPLITS = ("train", "heldout", "all")
 HELDOUT_EVERY = 5
@@ -53,4 +55,4 @@ def load_hf_text(dataset: str = "monology/pile-uncopyrighted", n_documents: int 
         texts.append(record["text"])
         if len(texts) == n_documents:
             break
-    return texts
+    return check_texts(texts, f"Data set {dataset!r}")

@@ -12,7 +12,6 @@ has used the budget (:func:`budget_matched`).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from torch import nn
 
 from helpers.cache import results_dir, slug, write_json
 from helpers.models import LoadedModel
+from helpers.validation import read_json, text_list
 
 KINDS = ("mlp", "attn")
 _ID = re.compile(r"^(mlp|attn)\.(\d+)(?:\.(\w+))?$")
@@ -122,6 +122,11 @@ class Localization:
     n_parameters: int
     scores: dict[str, float] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)  # how the scores were computed (e.g. the resolved precision)
+    source: str = field(default="", compare=False, repr=False)  # the file it was loaded from, for errors
+
+    def __post_init__(self) -> None:
+        if not self.components:
+            raise ValueError(f"Localization {self.name!r} has no components")
 
     @classmethod
     def build(
@@ -129,8 +134,6 @@ class Localization:
         scores: Mapping[Component, float] | None = None, settings: Mapping | None = None,
     ) -> Localization:
         components = sorted(set(components), key=lambda c: (c.kind, c.layer, c.matrix or ""))
-        if not components:
-            raise ValueError(f"Localization {name!r} has no components")
         return cls(
             name=name, model_name=model.name, components=components, rule=rule,
             n_parameters=parameter_count(model, components),
@@ -147,6 +150,7 @@ class Localization:
         names: dict[str, nn.Parameter] = {}
         for component in self.components:
             names.update(weight_matrices(model, component))
+        self._check_count(model, sum(p.numel() for p in names.values()))
         return sorted(names)
 
     def set_trainable(self, model: LoadedModel) -> list[nn.Parameter]:
@@ -172,16 +176,20 @@ class Localization:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> Localization:
+    def from_dict(cls, data: Mapping, source: str = "Localization data") -> Localization:
+        """The inverse of :meth:`to_dict`; errors name ``source`` (the file, when loaded from one)."""
         missing = {"name", "model_name", "components", "rule", "n_parameters"} - set(data)
         if missing:
-            raise ValueError(f"Localization data lacks {sorted(missing)}")
-        return cls(
-            name=data["name"], model_name=data["model_name"],
-            components=[Component.parse(c) for c in data["components"]], rule=data["rule"],
-            n_parameters=int(data["n_parameters"]), scores=dict(data.get("scores", {})),
-            settings=dict(data.get("settings", {})),
-        )
+            raise ValueError(f"{source} lacks {sorted(missing)}")
+        try:
+            return cls(
+                name=data["name"], model_name=data["model_name"],
+                components=[Component.parse(c) for c in text_list(data["components"], source, "the localization", "components")],
+                rule=data["rule"], n_parameters=int(data["n_parameters"]), scores=dict(data.get("scores", {})),
+                settings=dict(data.get("settings", {})), source=source,
+            )
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{source}: {error}") from None
 
     def save(self, dataset: str) -> Path:
         """Write to ``results/localizations/<model>/<dataset>/<name>.json``; return the path."""
@@ -194,11 +202,19 @@ class Localization:
         path = localization_path(model_name, dataset, name)
         if not path.exists():
             raise FileNotFoundError(f"No localization at {path}; run the localization notebooks first")
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(read_json(path, "Localization file"), f"Localization file {path}")
 
     def _check_model(self, model: LoadedModel) -> None:
         if model.name != self.model_name:
             raise ValueError(f"Localization {self.name!r} was made for {self.model_name!r}, not {model.name!r}")
+
+    def _check_count(self, model: LoadedModel, count: int) -> None:
+        """Refuse a stated parameter count that the components do not have in ``model``."""
+        if count != self.n_parameters:
+            raise ValueError(
+                f"{self.source or f'Localization {self.name!r}'}: n_parameters is {self.n_parameters:,}, but its "
+                f"components {self.ids} have {count:,} parameters in {model.name!r}; rebuild it with the localization notebooks"
+            )
 
 
 def localization_path(model_name: str, dataset: str, name: str) -> Path:

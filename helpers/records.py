@@ -31,6 +31,7 @@ import torch
 
 from helpers.cache import results_dir, write_json
 from helpers.finetune import TrainingConfig, restored, train_localized
+from helpers.keys import model_key, prompts_digest
 from helpers.localization import Localization
 from helpers.models import LoadedModel
 from helpers.precision import resolved
@@ -91,7 +92,7 @@ def run_key(configuration: dict) -> str:
 
 def baseline_metrics(model: LoadedModel, task: EditTask, measurements: Measurements) -> dict[str, float]:
     """``measurements.evaluate`` on the unedited model, cached in ``results/baselines/``."""
-    key = run_key({"model": model.name, "task": task.fingerprint(), "measure": measurements.key()})
+    key = run_key({**model_key(model), "task": task.fingerprint(), "prompts": prompts_digest(task), "measure": measurements.key()})
     path = results_dir("baselines") / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -116,7 +117,8 @@ def run_experiment(
         "purpose": purpose, "task": task.name, "task_seed": task_seed, "task_fingerprint": task.fingerprint(),
         "n_forget": len(task.forget_train), "localization": localization.name, "components": localization.ids,
         "localization_settings": localization.settings,
-        "model": model.name, "seed": seed, "training": config.to_dict(), "measurements": measurements.key(),
+        **model_key(model), "prompts": prompts_digest(task), "seed": seed, "training": config.to_dict(),
+        "measurements": measurements.key(),
     }
     key = run_key(configuration)
     path = results_dir("runs") / f"{key}.json"

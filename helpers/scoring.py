@@ -141,9 +141,20 @@ def candidate_probs(
         for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
             rows = order[start : start + batch_size]
             logits = last_token_logits(model, [prompts[i] for i in rows]).float()
+            check_finite(model, logits, [prompts[i] for i in rows])
             vocab_probs = logits.softmax(dim=-1).cpu()
             probs[rows] = vocab_probs.gather(1, token_ids[rows])
     return probs.numpy()
+
+
+def check_finite(model: LoadedModel, logits: torch.Tensor, prompts: Sequence[str]) -> None:
+    """Stop when a prompt's logits hold NaN: broken weights would otherwise score every fact as unknown."""
+    broken = torch.isnan(logits).any(dim=-1)
+    if broken.any():
+        raise FloatingPointError(
+            f"Model {model.name!r} gave NaN logits for {int(broken.sum())} of {len(prompts)} prompts, e.g. "
+            f"{prompts[int(broken.nonzero()[0])]!r}: its weights are broken (a corrupted cache?) or overflow in {model.hf_model.dtype}"
+        )
 
 
 def renormalize(probs: np.ndarray) -> np.ndarray:

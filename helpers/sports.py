@@ -12,36 +12,40 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers.knowledge import cached_scores
+from helpers.knowledge import cached_scores, known_mask
 from helpers.models import LoadedModel
-from helpers.prompts import SPORT_ANSWERS, SPORTS, sports_fact_prompt
+from helpers.parameters import check_value
+from helpers.prompts import SPORT_ANSWERS, SPORTS, SPORTS_FACT_TEMPLATE, sports_fact_prompt
 from helpers.scoring import candidate_probs, renormalize
+from helpers.validation import FRAME, check_columns, check_unique, read_csv, text
 
 EMBEDDED_SPORTS = files("helpers") / "data" / "sports_athletes.csv"
 SPORTS_COLUMNS = ("athlete", "sport")
 
 
 def load_sports(path: str | Path | None = None) -> pd.DataFrame:
-    """Read and check a sports CSV (the embedded one by default)."""
+    """Read and check a sports CSV (the embedded one by default); only its two columns are kept."""
     source = EMBEDDED_SPORTS if path is None else Path(path)
-    if path is not None and not source.exists():
-        raise FileNotFoundError(f"Sports CSV {source} does not exist")
-    athletes = pd.read_csv(source, dtype=str, keep_default_na=False)
-    missing = [c for c in SPORTS_COLUMNS if c not in athletes.columns]
-    if missing:
-        raise ValueError(f"Sports CSV {source} lacks the columns {missing}; it needs {list(SPORTS_COLUMNS)}")
-    athletes = athletes[list(SPORTS_COLUMNS)].apply(lambda column: column.str.strip())
-    if athletes.empty:
-        raise ValueError(f"Sports CSV {source} has no rows")
-    if (athletes.athlete == "").any():
-        raise ValueError(f"Sports CSV {source} has rows with an empty athlete name")
-    unknown = sorted(set(athletes.sport) - set(SPORTS))
-    if unknown:
-        raise ValueError(f"Sports CSV {source} has unknown sports {unknown}; allowed: {list(SPORTS)}")
-    duplicated = sorted(set(athletes.athlete[athletes.athlete.duplicated()]))
-    if duplicated:
-        raise ValueError(f"Sports CSV {source} lists athletes more than once: {duplicated[:10]}")
-    return athletes.reset_index(drop=True)
+    athletes = read_csv(source, "Sports CSV")
+    lines = [f"line {i + 2}" for i in range(len(athletes))]
+    return check_sports(athletes, f"Sports CSV {source}", lines)[list(SPORTS_COLUMNS)].reset_index(drop=True)
+
+
+def check_sports(athletes: pd.DataFrame, source: str = FRAME, labels: list[str] | None = None) -> pd.DataFrame:
+    """``athletes`` with stripped names and sports, after checking every record.
+
+    Each athlete needs a non-empty name and one of :data:`SPORTS`; no name may appear twice
+    (case and spaces ignored). ``labels`` name the records in errors (default: ``row <index>``).
+    """
+    check_columns(athletes, SPORTS_COLUMNS, source)
+    labels = labels or [f"row {index!r}" for index in athletes.index]
+    names = [text(a, source, label, "athlete") for a, label in zip(athletes.athlete, labels)]
+    sports = [text(s, source, label, "sport") for s, label in zip(athletes.sport, labels)]
+    for sport, name, label in zip(sports, names, labels):
+        if sport not in SPORTS:
+            raise ValueError(f"{source}, {label} (athlete {name!r}): field 'sport' is {sport!r}; allowed: {list(SPORTS)}")
+    check_unique(names, [f"{label} (athlete {n!r})" for label, n in zip(labels, names)], source, "athlete")
+    return athletes.assign(athlete=names, sport=sports)
 
 
 def score_sports(model: LoadedModel, athletes: pd.DataFrame, *, batch_size: int = 64) -> pd.DataFrame:
@@ -49,15 +53,17 @@ def score_sports(model: LoadedModel, athletes: pd.DataFrame, *, batch_size: int 
 
     Columns added: ``p_<answer>`` (full vocabulary) for basketball, baseball, football and
     golf; ``p_true`` (the true sport's probability renormalized over the three sports of
-    the data set) and ``predicted`` (the argmax among them).
+    the data set) and ``predicted`` (the argmax among them). ``athletes`` is checked first
+    (:func:`check_sports`).
     """
+    athletes = check_sports(athletes)
 
     def compute(frame: pd.DataFrame) -> pd.DataFrame:
         prompts = [sports_fact_prompt(a) for a in frame.athlete]
         probs = candidate_probs(model, prompts, SPORT_ANSWERS, batch_size=batch_size, desc="athletes")
         return pd.DataFrame(probs, columns=[f"p_{a}" for a in SPORT_ANSWERS])
 
-    scores = cached_scores(model.name, "sports", athletes[["athlete"]], compute)
+    scores = cached_scores(model, "sports", athletes[["athlete"]], compute, template=SPORTS_FACT_TEMPLATE)
     among_sports = renormalize(scores[[f"p_{s}" for s in SPORTS]].to_numpy())
     true_index = athletes.sport.map(SPORTS.index).to_numpy()
     scores["p_true"] = among_sports[range(len(athletes)), true_index]
@@ -68,8 +74,7 @@ def score_sports(model: LoadedModel, athletes: pd.DataFrame, *, batch_size: int 
 def known_athletes(
     model: LoadedModel, athletes: pd.DataFrame | None = None, *, threshold: float = 0.5
 ) -> pd.DataFrame:
-    """The athletes whose true sport gets renormalized probability >= threshold."""
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+    """The athletes whose true sport gets renormalized probability >= threshold (an error if none do)."""
+    check_value("threshold", threshold)
     scored = score_sports(model, load_sports() if athletes is None else athletes)
-    return scored[scored.p_true >= threshold].reset_index(drop=True)
+    return scored[known_mask(scored.p_true, threshold, "athletes")].reset_index(drop=True)

@@ -113,3 +113,41 @@ def test_json_round_trip_and_results_folder(model, tmp_path, monkeypatch):
         Localization.load("tiny", "counterfact", "fact lookup")
     with pytest.raises(ValueError, match="was made for 'tiny'"):
         loc.parameter_names(LoadedModel("other", model.hf_model, model.tokenizer, EMBEDDED_ARCHITECTURE_ID))
+
+
+def saved_file(model, **changes):
+    """A saved localization whose JSON has ``changes`` applied, as a user editing the file would."""
+    path = Localization.build("edited", model, [Component("mlp", 0)], "rule").save("sports")
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return path
+
+
+def test_a_stated_parameter_count_the_components_do_not_have_is_refused_on_use(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHUNLEARN_RESULTS", str(tmp_path))
+    path = saved_file(model, n_parameters=123)
+    loaded = Localization.load("tiny", "sports", "edited")
+    with pytest.raises(ValueError, match=f"Localization file {path}: n_parameters is 123, but its components \\['mlp.0'\\] have"):
+        loaded.set_trainable(model)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"components": []}, "has no components"),
+        ({"components": "mlp.0"}, "field 'components' must be a list of strings"),
+        ({"components": ["mlp.x"]}, "Cannot parse component 'mlp.x'"),
+    ],
+)
+def test_a_localization_file_without_usable_components_is_refused(model, tmp_path, monkeypatch, changes, message):
+    monkeypatch.setenv("MECHUNLEARN_RESULTS", str(tmp_path))
+    path = saved_file(model, **changes)
+    with pytest.raises(ValueError, match=f"Localization file {path}: .*{message}"):
+        Localization.load("tiny", "sports", "edited")
+
+
+def test_a_malformed_localization_file_is_named(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHUNLEARN_RESULTS", str(tmp_path))
+    path = Localization.build("edited", model, [Component("mlp", 0)], "rule").save("sports")
+    path.write_text(path.read_text()[:-10])
+    with pytest.raises(ValueError, match=f"Localization file {path} is not valid UTF-8 JSON"):
+        Localization.load("tiny", "sports", "edited")

@@ -1,8 +1,12 @@
 """Run records: written once per configuration, skipped when they exist, gathered into a table."""
 
+import copy
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import helpers.records as records
 from helpers.finetune import TrainingConfig, retain_chunks
@@ -34,13 +38,32 @@ def test_records_are_written_once_and_gathered(tiny_model, tmp_path, monkeypatch
     chunks = retain_chunks(tiny_model, ["The river flows slowly through the green valley. " * 20], 16)
     first = run_experiment(tiny_model, task, localization, chunks, CONFIG, seed=0, task_seed=0)
     assert first["localization"] == "mlp1" and len(first["curves"]["total"]) == 2 and first["versions"]["torch"]
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("trained again although the record exists")
-
     monkeypatch.setattr(records, "train_localized", refuse)
     assert run_experiment(tiny_model, task, localization, chunks, CONFIG, seed=0, task_seed=0) == first
     with pytest.raises(AssertionError, match="trained again"):
         run_experiment(tiny_model, task, localization, chunks, CONFIG, seed=1, task_seed=0)
     table = load_records()
     assert len(table) == 1 and {"metrics.forget_error", "metrics_before.forget_error", "training.learning_rate"} <= set(table.columns)
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("trained again although the record exists")
+
+
+@pytest.mark.parametrize("change", ["code", "template", "dtype"])
+def test_a_record_is_not_reused_after_a_change_of(change, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHUNLEARN_RESULTS", str(tmp_path))
+    task = sports_athlete_edit(ATHLETES, 4, seed=0, n_maintain=4)
+    localization = Localization.build("mlp1", tiny_model, [Component("mlp", 1)], "test")
+    chunks = retain_chunks(tiny_model, ["The river flows slowly through the green valley. " * 20], 16)
+    run_experiment(tiny_model, task, localization, chunks, CONFIG, seed=0, task_seed=0)
+    monkeypatch.setattr(records, "train_localized", refuse)
+    model = tiny_model
+    if change == "code":
+        monkeypatch.setattr("helpers.keys.code_version", lambda: "changed")
+    elif change == "template":
+        task = replace(task, forget_eval=task.forget_eval.assign(prompt="Q: " + task.forget_eval.prompt))
+    else:
+        model = replace(tiny_model, hf_model=copy.deepcopy(tiny_model.hf_model).to(torch.bfloat16))
+    with pytest.raises(AssertionError, match="trained again"):
+        run_experiment(model, task, localization, chunks, CONFIG, seed=0, task_seed=0)

@@ -1,3 +1,6 @@
+import copy
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -75,3 +78,11 @@ def test_shared_prefix_gives_the_same_logits_and_gradients(gemma_tokenizer, wind
     assert len(calls) == (1 if window == 64 else 0)
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-3)
+
+
+def test_nan_logits_stop_the_run(tiny_model):
+    broken = replace(tiny_model, hf_model=copy.deepcopy(tiny_model.hf_model))
+    with torch.no_grad():
+        broken.hf_model.get_decoder().layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="Model 'tiny-gemma3' gave NaN logits for 2 of 2 prompts"):
+        candidate_probs(broken, ["Fact: A plays", "Fact: B plays"], ["basketball", "golf"], progress=False)
