@@ -1,5 +1,5 @@
-import os
 import copy
+import os
 from dataclasses import replace
 
 import pandas as pd
