@@ -19,7 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -30,6 +30,9 @@ from helpers.localization import Localization
 from helpers.models import LoadedModel, load_model
 from helpers.records import Measurements, record_path, run_configuration, run_experiment, run_key
 from helpers.tasks import EditTask
+
+if TYPE_CHECKING:
+    import submitit
 
 EXECUTORS = ("local", "submitit")
 SUBMITIT_CLUSTERS = (None, "slurm", "local", "debug")
@@ -155,8 +158,8 @@ class SubmititExecutor:
         if self.gpus_per_job < 0 or (self.cpus_per_job is not None and self.cpus_per_job < 1):
             raise ValueError(f"gpus_per_job must be >= 0 and cpus_per_job None or >= 1, got {self.gpus_per_job}, {self.cpus_per_job}")
 
-    def executor(self):
-        """A configured ``submitit.AutoExecutor``."""
+    def executor(self) -> submitit.AutoExecutor:
+        """A submitit executor with this object's settings (SLURM ones ignored by the local cluster)."""
         import submitit
 
         executor = submitit.AutoExecutor(folder=self.folder or results_dir("submitit") / "%j", cluster=self.cluster)
