@@ -1,9 +1,9 @@
 """The CUDA path, proven, and the paper-scale cost, measured: one script for a short-lived GPU machine.
 
-Runs with torch, transformers, numpy, pandas, peft, scikit-learn and pyyaml (a GPU image has
-them; no TransformerLens, papermill, plotly or Jupyter Book, and no model files): the models are
-randomly initialized and the tokenizer is a word-level one built here from the project's data,
-so nothing is downloaded. ``helpers`` is imported from this working tree.
+Runs with torch, transformers, numpy, pandas, peft and pyyaml (a GPU image has them; not
+TransformerLens, papermill, plotly, Jupyter Book, scikit-learn or scipy, and no model files): the
+models are randomly initialized and the tokenizer is a word-level one built here from the
+project's data, so nothing is downloaded. ``helpers`` is imported from this working tree.
 
 (a) **parity**: a tiny random Gemma3 edits athletes (Sports-Athlete-Edit), then goes through
     every evaluation of chapter 04 and both relearning attacks, once on the CPU in float32 and

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
-ABSENT = ("transformer_lens", "papermill", "plotly", "nbformat", "jupyter_book", "submitit")  # not on a GPU machine
+ABSENT = ("transformer_lens", "papermill", "plotly", "nbformat", "jupyter_book", "submitit", "sklearn", "scipy")  # the script needs none
 TINY = ["--device", "cpu", "--scale", "tiny", "--facts", "4", "--steps", "2", "--relearn-steps", "2",
         "--soft-prompt-steps", "2", "--timing-steps", "1"]
 
