@@ -1,5 +1,7 @@
 """The experiment grid: every (task, localization, seed) run, recorded, with a progress bar.
 
+The runs execute in this process or as submitit jobs (:mod:`helpers.executors`).
+
 :func:`run_grid` also writes a manifest (``results/grids/<model>.json``) naming the records of
 the grid it ran, so that the chapters that only read results (05-08) show exactly that grid,
 even when the results folder holds runs of other profiles too.
@@ -8,32 +10,20 @@ even when the results folder holds runs of other profiles too.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import json
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from helpers.cache import results_dir, slug, write_json
+from helpers.executors import Executor, LocalExecutor, PlannedRun
 from helpers.finetune import TrainingConfig
 from helpers.localization import Localization
 from helpers.models import LoadedModel
-from helpers.records import Measurements, run_experiment
+from helpers.records import Measurements
 from helpers.tasks import EditTask
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """One cell of the grid: a task (built with ``task_seed``), a localization, its config, a training seed."""
-
-    task: EditTask
-    task_seed: int
-    localization: Localization
-    config: TrainingConfig
-    seed: int
 
 
 def plan_runs(
@@ -51,17 +41,10 @@ def plan_runs(
 
 def run_grid(
     model: LoadedModel, runs: Sequence[PlannedRun], general_chunks: torch.Tensor, measurements: Measurements,
-    *, progress: bool = True,
+    *, executor: Executor | None = None, progress: bool = True,
 ) -> pd.DataFrame:
-    """Run (or find the records of) every planned run; one flattened row per run."""
-    records = []
-    bar = tqdm(runs, desc="grid", disable=not progress, unit="run")
-    for run in bar:
-        bar.set_postfix_str(f"{run.task.name} / {run.localization.name} / seed {run.seed}")
-        records.append(run_experiment(
-            model, run.task, run.localization, general_chunks, run.config,
-            seed=run.seed, task_seed=run.task_seed, measurements=measurements,
-        ))
+    """Run (or find the records of) every planned run, in this process by default; one flattened row per run."""
+    records = (executor or LocalExecutor()).run(model, runs, general_chunks, measurements, desc="grid", progress=progress)
     write_json(manifest_path(model.name), [r["key"] for r in records])
     return pd.json_normalize(records, sep=".")
 

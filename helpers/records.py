@@ -101,6 +101,31 @@ def baseline_metrics(model: LoadedModel, task: EditTask, measurements: Measureme
     return metrics
 
 
+def run_configuration(
+    model: LoadedModel, task: EditTask, localization: Localization, config: TrainingConfig, *, seed: int, task_seed: int,
+    measurements: Measurements, purpose: str,
+) -> dict:
+    """Everything that identifies a run; its :func:`run_key` names the run's record.
+
+    The training precision is resolved for the model's device: the key and the record hold the
+    precision that runs, never ``"auto"``.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    return {
+        "purpose": purpose, "task": task.name, "task_seed": task_seed, "task_fingerprint": task.fingerprint(),
+        "n_forget": len(task.forget_train), "localization": localization.name, "components": localization.ids,
+        "localization_settings": localization.settings,
+        **model_key(model), "prompts": prompts_digest(task), "seed": seed,
+        "training": resolved(config, model.device).to_dict(), "measurements": measurements.key(),
+    }
+
+
+def record_path(key: str) -> Path:
+    """Where the record of the run with this key is (or will be) written."""
+    return results_dir("runs") / f"{key}.json"
+
+
 def run_experiment(
     model: LoadedModel, task: EditTask, localization: Localization, general_chunks: torch.Tensor,
     config: TrainingConfig, *, seed: int, task_seed: int, measurements: Measurements = Measurements(),
@@ -110,18 +135,12 @@ def run_experiment(
 
     The model's weights are the original ones again when this returns.
     """
-    if purpose not in PURPOSES:
-        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
-    config = resolved(config, model.device)  # the key and the record hold the precision that runs, never "auto"
-    configuration = {
-        "purpose": purpose, "task": task.name, "task_seed": task_seed, "task_fingerprint": task.fingerprint(),
-        "n_forget": len(task.forget_train), "localization": localization.name, "components": localization.ids,
-        "localization_settings": localization.settings,
-        **model_key(model), "prompts": prompts_digest(task), "seed": seed, "training": config.to_dict(),
-        "measurements": measurements.key(),
-    }
+    config = resolved(config, model.device)  # train with the precision the key names
+    configuration = run_configuration(
+        model, task, localization, config, seed=seed, task_seed=task_seed, measurements=measurements, purpose=purpose,
+    )
     key = run_key(configuration)
-    path = results_dir("runs") / f"{key}.json"
+    path = record_path(key)
     if path.exists():
         return json.loads(path.read_text())
     before = baseline_metrics(model, task, measurements)

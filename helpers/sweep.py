@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from helpers.cache import results_dir, slug, write_json
+from helpers.executors import Executor, LocalExecutor, PlannedRun
 from helpers.finetune import TrainingConfig
 from helpers.localization import Localization
 from helpers.models import LoadedModel
-from helpers.records import run_experiment
+from helpers.records import Measurements
 from helpers.tasks import EditTask
 
 VALIDATION_SEED = 10_000  # the validation task's seed; evaluation tasks use small seeds
@@ -65,21 +65,22 @@ def validation_score(metrics: dict[str, float], mode: str) -> float:
 
 def sweep(
     model: LoadedModel, task: EditTask, localizations: Sequence[Localization], general_chunks: torch.Tensor,
-    base: TrainingConfig, grid: SweepGrid, *, seed: int, progress: bool = True,
+    base: TrainingConfig, grid: SweepGrid, *, seed: int, executor: Executor | None = None, progress: bool = True,
 ) -> pd.DataFrame:
-    """Train every localization with every configuration of ``grid`` on the validation ``task``."""
-    runs = [(loc, config) for loc in localizations for config in grid.configs(base)]
-    rows = []
-    for localization, config in tqdm(runs, desc=f"sweep {task.name}", disable=not progress, unit="run"):
-        record = run_experiment(
-            model, task, localization, general_chunks, config, seed=seed, task_seed=VALIDATION_SEED, purpose="validation",
-        )
-        rows.append({
-            "localization": localization.name, "learning_rate": config.learning_rate,
-            "forget_weight": config.forget_weight, **record["metrics"],
-            "score": validation_score(record["metrics"], task.mode),
-        })
-    return pd.DataFrame(rows)
+    """Train every localization with every configuration of ``grid`` on the validation ``task``.
+
+    The runs execute in this process unless ``executor`` says otherwise (:mod:`helpers.executors`).
+    """
+    runs = [PlannedRun(task, VALIDATION_SEED, loc, config, seed) for loc in localizations for config in grid.configs(base)]
+    records = (executor or LocalExecutor()).run(
+        model, runs, general_chunks, Measurements(), purpose="validation", desc=f"sweep {task.name}", progress=progress,
+    )
+    return pd.DataFrame([
+        {"localization": run.localization.name, "learning_rate": run.config.learning_rate,
+         "forget_weight": run.config.forget_weight, **record["metrics"],
+         "score": validation_score(record["metrics"], task.mode)}
+        for run, record in zip(runs, records)
+    ])
 
 
 def select(results: pd.DataFrame, *, tie: float = 0.01) -> pd.DataFrame:
