@@ -3,8 +3,9 @@
 Each step minimizes the paper's loss, ``c_f * L_forget + L_maintain + L_retain``:
 
 - ``L_forget``: for an edit, cross-entropy at the last prompt token toward the new answer;
-  for unlearning, ``min(-log(1 - P(true)), cap)``, which pushes P(true) down and stops
-  pushing once it is small (the cap keeps the loss bounded as P(true) approaches 1);
+  for unlearning, the authors' ``-log(1 - P(true))``, computed stably from the other tokens'
+  probabilities and dropped for a fact once ``log P(true) < unlearn_floor`` (-5: the fact is
+  already forgotten). It has no cap, so the surest facts get the largest push;
 - ``L_maintain``: cross-entropy toward the true answer on other facts of the same kind;
 - ``L_retain``: next-token loss on general text, estimated on a random subset of positions.
 
@@ -55,7 +56,7 @@ class TrainingConfig:
     retain_batch_size: int = 4  # general-text sequences per step
     retain_length: int = 64  # tokens per general-text sequence
     retain_positions: int = 16  # positions per sequence at which the retain loss is computed
-    unlearn_cap: float = 5.0  # cap of -log(1 - p) for unlearning
+    unlearn_floor: float = -5.0  # unlearning drops a fact once log P(true) is below this
     grad_clip: float = 1.0
     warmup_steps: int = 0
     precision: str = "float32"  # "bfloat16": autocast matmuls to bf16 (weights and optimizer stay fp32)
@@ -66,7 +67,7 @@ class TrainingConfig:
             "steps": self.steps >= 1, "batch_size": self.batch_size >= 1,
             "retain_batch_size": self.retain_batch_size >= 0, "retain_length": self.retain_length >= 2,
             "retain_positions": 1 <= self.retain_positions < self.retain_length,
-            "unlearn_cap": self.unlearn_cap > 0, "grad_clip": self.grad_clip > 0,
+            "unlearn_floor": self.unlearn_floor < 0, "grad_clip": self.grad_clip > 0,
             "warmup_steps": 0 <= self.warmup_steps < self.steps,
             "precision": self.precision in PRECISIONS,
         }
@@ -95,11 +96,19 @@ def answer_loss(model: LoadedModel, logits: torch.Tensor, answers: Sequence[str]
     return F.cross_entropy(logits, targets)
 
 
-def unlearning_loss(model: LoadedModel, logits: torch.Tensor, true_answers: Sequence[str], cap: float) -> torch.Tensor:
-    """Mean of ``min(-log(1 - P(true)), cap)`` under last-position ``logits``: low when the true answer is unlikely."""
-    targets = torch.tensor(first_token_ids(model.tokenizer, true_answers), device=logits.device)
-    log_p = logits.log_softmax(-1).gather(1, targets[:, None])[:, 0]
-    return torch.clamp(-torch.log1p(-log_p.exp().clamp(max=1 - 1e-6)), max=cap).mean()
+def unlearning_loss(
+    model: LoadedModel, logits: torch.Tensor, true_answers: Sequence[str], floor: float = -5.0
+) -> torch.Tensor:
+    """Mean over facts of ``-log(1 - P(true))`` under last-position ``logits``, 0 for facts with ``log P(true) < floor``.
+
+    ``log(1 - P(true))`` is the log-sum-exp of every other token's log-probability, which stays
+    finite and has a gradient however close P(true) is to 1.
+    """
+    targets = torch.tensor(first_token_ids(model.tokenizer, true_answers), device=logits.device)[:, None]
+    log_probs = logits.log_softmax(-1)
+    log_p = log_probs.gather(1, targets)[:, 0]
+    log_rest = log_probs.scatter(1, targets, float("-inf")).logsumexp(-1)
+    return torch.where(log_p < floor, torch.zeros_like(log_rest), -log_rest).mean()
 
 
 def retain_chunks(model: LoadedModel, texts: Sequence[str], length: int) -> torch.Tensor:
@@ -194,7 +203,7 @@ def train_localized(
                 if task.mode == "edit":
                     forget_loss = answer_loss(model, forget_logits, forget.new)
                 else:
-                    forget_loss = unlearning_loss(model, forget_logits, forget.true, config.unlearn_cap)
+                    forget_loss = unlearning_loss(model, forget_logits, forget.true, config.unlearn_floor)
                 maintain_loss = answer_loss(model, maintain_logits, maintain.true)
                 retain = torch.zeros((), device=model.device)
                 if config.retain_batch_size:

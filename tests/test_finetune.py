@@ -1,5 +1,8 @@
 """The fine-tuning engine on a tiny Gemma3: what trains, what stays, and the losses' values."""
 
+import math
+from collections.abc import Sequence
+
 import pandas as pd
 import pytest
 import torch
@@ -63,15 +66,44 @@ def test_editing_lowers_the_forget_loss(setup):
     assert len(log.total) == 15 and log.seconds > 0
 
 
-def test_unlearning_loss_is_capped_minus_log_one_minus_p(setup):
+def logits_with_p_true(model, answer: str, p_true: Sequence[float]) -> torch.Tensor:
+    """Last-position logits where ``answer``'s first token has each probability in ``p_true``."""
+    vocab, target = len(model.tokenizer), first_token_ids(model.tokenizer, [answer])[0]
+    p = torch.tensor(p_true, dtype=torch.float64)
+    logits = torch.zeros(len(p_true), vocab, dtype=torch.float64)
+    logits[:, target] = torch.log(p / (1 - p) * (vocab - 1))
+    return logits.float().requires_grad_(True)
+
+
+def test_unlearning_loss_is_minus_log_one_minus_p(setup):
     model, task, *_ = setup
     prompts, answers = list(task.forget_train.prompt), list(task.forget_train.true)
     with torch.no_grad():
         logits = answer_logits(model, prompts)
         p = logits.softmax(-1)[range(len(prompts)), first_token_ids(model.tokenizer, answers)]
-        expected = torch.clamp(-torch.log(1 - p), max=0.001).mean()
-        torch.testing.assert_close(unlearning_loss(model, logits, answers, cap=0.001), expected)
-        torch.testing.assert_close(unlearning_loss(model, logits, answers, cap=50.0), -torch.log(1 - p).mean())
+        torch.testing.assert_close(unlearning_loss(model, logits, answers), -torch.log(1 - p).mean())
+
+
+@pytest.mark.parametrize("p_true", [0.995, 0.9999])
+def test_unlearning_loss_pushes_the_surest_facts_hardest(setup, p_true):
+    """No cap: the loss is -log(1 - p) and its gradient grows as p approaches 1."""
+    model = setup[0]
+    logits = logits_with_p_true(model, "football", [0.9, p_true])
+    losses = [unlearning_loss(model, logits[i : i + 1], ["football"]) for i in range(2)]
+    torch.testing.assert_close(losses[1], torch.tensor(-math.log(1 - p_true)), rtol=2e-3, atol=0)
+    grads = [torch.autograd.grad(loss, logits)[0].abs().sum() for loss in losses]
+    assert grads[1] > grads[0] > 0
+
+
+def test_unlearning_loss_drops_forgotten_facts(setup):
+    """Once log P(true) < floor (-5 by default) a fact adds nothing: no loss, no gradient."""
+    model = setup[0]
+    logits = logits_with_p_true(model, "football", [math.exp(-5.5), math.exp(-4.5)])
+    loss = unlearning_loss(model, logits, ["football"] * 2)
+    gradient = torch.autograd.grad(loss, logits)[0]
+    assert gradient[0].abs().sum() == 0 and gradient[1].abs().sum() > 0
+    torch.testing.assert_close(loss, torch.tensor(-math.log(1 - math.exp(-4.5)) / 2), rtol=0, atol=2e-4)
+    assert unlearning_loss(model, logits, ["football"] * 2, floor=-6.0) > loss
 
 
 def test_joint_logits_match_separate_forward_passes(setup):
