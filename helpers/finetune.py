@@ -11,7 +11,9 @@ Each step minimizes the paper's loss, ``c_f * L_forget + L_maintain + L_retain``
 
 AdamW without weight decay, cosine schedule, gradient clipping. Only the localization's
 parameters require gradients; :class:`restored` puts the original weights back in place
-afterwards, so many runs share one loaded model.
+afterwards, so many runs share one loaded model. The trained weights are stepped in float32
+even when the model holds bf16 weights (:class:`Float32Masters`; such a model computes in
+bf16 and is left holding bf16 weights), so small updates add up instead of rounding away.
 
 What makes it fast on a CPU, without changing the loss: only the last position's logits are
 computed for the fact losses, and only the sampled positions' logits for the retain loss (the
@@ -151,6 +153,50 @@ def restored(model: LoadedModel, localization: Localization) -> Iterator[list[to
             parameter.requires_grad_(False)
 
 
+def weights_dtype(model: LoadedModel) -> str:
+    """The dtype the model holds its weights in (``"float32"``, ``"bfloat16"``), from its embedding."""
+    return str(model.hf_model.get_input_embeddings().weight.dtype).removeprefix("torch.")
+
+
+class Float32Masters:
+    """Float32 master copies of trained weights, for a model that holds its weights in bf16.
+
+    AdamW moves a weight by about the learning rate per step, and near |w| = 0.03 a bf16 weight
+    can only move in steps of 1.2e-4: updates at the paper's learning rates would round away
+    one by one. Inside :meth:`training` the parameters hold their float32 masters, so the
+    updates add up; outside they hold the masters rounded to their own dtype, so the model
+    is evaluated in the dtype it was loaded in. For float32 weights nothing is copied.
+    """
+
+    def __init__(self, parameters: Sequence[torch.nn.Parameter]) -> None:
+        self.parameters = list(parameters)
+        self.dtypes = [p.dtype for p in self.parameters]
+        self.masters = [p.detach().float() for p in self.parameters]
+
+    @contextmanager
+    def training(self) -> Iterator[None]:
+        """Swap the masters in for optimizer steps; on exit keep them and round the weights."""
+        for parameter, master in zip(self.parameters, self.masters):
+            parameter.data = master
+        try:
+            yield
+        finally:
+            self.masters = [p.data for p in self.parameters]
+            for parameter, dtype in zip(self.parameters, self.dtypes):
+                parameter.data = parameter.data.to(dtype)
+                parameter.grad = None
+
+
+def check_compute_dtype(model: LoadedModel, precision: Precision) -> None:
+    """Float32 products need float32 weights: a bf16-loaded model must train under bf16 autocast."""
+    dtype = weights_dtype(model)
+    if precision.precision == "float32" and dtype != "float32":
+        raise ValueError(
+            f"The model holds its weights in {dtype}, so it cannot train in float32: load it with "
+            f"dtype='float32', or train with precision='bfloat16' (its trained weights get a float32 master copy)"
+        )
+
+
 @dataclass
 class TrainingLog:
     """Per-step losses and the wall time of a run."""
@@ -193,32 +239,34 @@ def train_localized(
     log = TrainingLog([], [], [], [], 0.0)
     start = time.perf_counter()
     precision = Precision(model, config.precision)
+    check_compute_dtype(model, precision)
     model.hf_model.train()
     try:
-        for _ in tqdm(range(config.steps), desc=f"{task.name} / {localization.name}", disable=not progress, unit="step"):
-            forget = task.forget_train.iloc[_sample(len(task.forget_train), config.batch_size, rng)]
-            maintain = task.maintain_train.iloc[_sample(len(task.maintain_train), config.batch_size, rng)]
-            with precision.active():
-                forget_logits, maintain_logits = joint_answer_logits(model, forget.prompt, maintain.prompt)
-                if task.mode == "edit":
-                    forget_loss = answer_loss(model, forget_logits, forget.new)
-                else:
-                    forget_loss = unlearning_loss(model, forget_logits, forget.true, config.unlearn_floor)
-                maintain_loss = answer_loss(model, maintain_logits, maintain.true)
-                retain = torch.zeros((), device=model.device)
-                if config.retain_batch_size:
-                    rows = torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)
-                    retain = retain_loss(model, general_chunks[rows], config.retain_positions, generator)
-            total = config.forget_weight * forget_loss + maintain_loss + retain
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-            optimizer.step()
-            schedule.step()
-            for values, loss in zip((log.forget, log.maintain, log.retain, log.total), (forget_loss, maintain_loss, retain, total)):
-                values.append(float(loss.detach()))
-            if not math.isfinite(log.total[-1]):
-                raise FloatingPointError(f"The loss diverged at step {len(log.total)}; lower the learning rate")
+        with Float32Masters(parameters).training():
+            for _ in tqdm(range(config.steps), desc=f"{task.name} / {localization.name}", disable=not progress, unit="step"):
+                forget = task.forget_train.iloc[_sample(len(task.forget_train), config.batch_size, rng)]
+                maintain = task.maintain_train.iloc[_sample(len(task.maintain_train), config.batch_size, rng)]
+                with precision.active():
+                    forget_logits, maintain_logits = joint_answer_logits(model, forget.prompt, maintain.prompt)
+                    if task.mode == "edit":
+                        forget_loss = answer_loss(model, forget_logits, forget.new)
+                    else:
+                        forget_loss = unlearning_loss(model, forget_logits, forget.true, config.unlearn_floor)
+                    maintain_loss = answer_loss(model, maintain_logits, maintain.true)
+                    retain = torch.zeros((), device=model.device)
+                    if config.retain_batch_size:
+                        rows = torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)
+                        retain = retain_loss(model, general_chunks[rows], config.retain_positions, generator)
+                total = config.forget_weight * forget_loss + maintain_loss + retain
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                optimizer.step()
+                schedule.step()
+                for values, loss in zip((log.forget, log.maintain, log.retain, log.total), (forget_loss, maintain_loss, retain, total)):
+                    values.append(float(loss.detach()))
+                if not math.isfinite(log.total[-1]):
+                    raise FloatingPointError(f"The loss diverged at step {len(log.total)}; lower the learning rate")
     finally:
         model.hf_model.eval()
     log.seconds = time.perf_counter() - start

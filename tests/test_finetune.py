@@ -1,7 +1,9 @@
 """The fine-tuning engine on a tiny Gemma3: what trains, what stays, and the losses' values."""
 
+import copy
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 
 from helpers.finetune import (
     TrainingConfig,
+    Float32Masters,
     answer_logits,
     joint_answer_logits,
     restored,
@@ -20,6 +23,7 @@ from helpers.finetune import (
 )
 from helpers.precision import Precision
 from helpers.localization import Component, Localization, named_weights
+from helpers.models import LoadedModel
 from helpers.prompts import SPORTS
 from helpers.scoring import first_token_ids
 from helpers.tasks import sports_athlete_edit
@@ -158,3 +162,47 @@ def test_bf16_steps_match_plain_autocast_and_leave_float32_weights_outside(setup
         assert all(p.grad is not None for p in trainable)
     assert all(p.dtype == torch.float32 for p in model.hf_model.parameters())
     assert model.hf_model.get_output_embeddings().weight is embedding
+
+
+def model_in(model: LoadedModel, dtype: torch.dtype) -> LoadedModel:
+    """A copy of ``model`` holding its weights in ``dtype``."""
+    return LoadedModel(model.name, copy.deepcopy(model.hf_model).to(dtype), model.tokenizer, model.architecture_id)
+
+
+def trained_change(model: LoadedModel, localization, task, chunks, config) -> dict[str, torch.Tensor]:
+    """How far a run moves each trained matrix (float32), and the dtype the weights are left in."""
+    with restored(model, localization) as parameters:
+        names = {id(p): n for n, p in named_weights(model).items()}
+        before = {names[id(p)]: p.detach().float().clone() for p in parameters}
+        train_localized(model, localization, task, chunks, config, seed=0, progress=False)
+        assert all(p.dtype == model.hf_model.dtype for p in parameters)
+        return {names[id(p)]: p.detach().float() - before[names[id(p)]] for p in parameters}
+
+
+def test_a_bf16_model_trains_through_float32_master_weights(setup):
+    """Steps of 3e-5 are below a bf16 weight's rounding step: only float32 masters let them add up."""
+    model, task, localization, chunks = setup
+    bf16 = model_in(model, torch.bfloat16)
+    reference = model_in(bf16, torch.float32)  # the same (bf16-rounded) weights, held in float32
+    config = TrainingConfig(learning_rate=3e-5, steps=10, batch_size=4, retain_batch_size=0, retain_length=16,
+                            retain_positions=4, precision="bfloat16")
+    expected = trained_change(reference, localization, task, chunks, config)
+    moved = trained_change(bf16, localization, task, chunks, config)
+    for name, change in expected.items():
+        error = (moved[name] - change).norm() / change.norm()
+        assert error < 0.3, (name, float(error))
+    with pytest.raises(ValueError, match="cannot train in float32"), restored(bf16, localization):
+        train_localized(bf16, localization, task, chunks, replace(config, precision="float32"), seed=0, progress=False)
+
+
+def test_master_weights_keep_what_rounding_would_erase():
+    weight = torch.nn.Parameter(torch.full((4,), 0.03, dtype=torch.bfloat16))
+    masters = Float32Masters([weight])
+    for _ in range(10):
+        with masters.training():
+            assert weight.dtype == torch.float32
+            with torch.no_grad():
+                weight -= 2e-5
+    assert weight.dtype == torch.bfloat16
+    torch.testing.assert_close(masters.masters[0], torch.full((4,), float(torch.tensor(0.03).bfloat16()) - 2e-4))
+    assert torch.all(weight < torch.tensor(0.03).bfloat16())
