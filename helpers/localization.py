@@ -2,7 +2,8 @@
 
 A component is a whole MLP (``mlp.3``), a whole attention layer (``attn.10``) or a single
 weight matrix (``mlp.3.up_proj``, ``attn.10.o_proj``). A :class:`Localization` keeps the
-components, the scores that chose them, the rule that chose them and its parameter count;
+components, the scores that chose them, the rule that chose them (with any method settings in
+``details``) and its parameter count;
 it serializes to JSON and maps to the Hugging Face parameters it makes trainable.
 
 The paper compares localizations at equal cost: the parameter count of the fact-lookup MLPs
@@ -121,11 +122,12 @@ class Localization:
     rule: str
     n_parameters: int
     scores: dict[str, float] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)  # method settings, e.g. the path-patching variant
 
     @classmethod
     def build(
         cls, name: str, model: LoadedModel, components: Iterable[Component], rule: str,
-        scores: Mapping[Component, float] | None = None,
+        scores: Mapping[Component, float] | None = None, details: Mapping[str, object] | None = None,
     ) -> Localization:
         components = sorted(set(components), key=lambda c: (c.kind, c.layer, c.matrix or ""))
         if not components:
@@ -133,7 +135,7 @@ class Localization:
         return cls(
             name=name, model_name=model.name, components=components, rule=rule,
             n_parameters=parameter_count(model, components),
-            scores={c.id: float(s) for c, s in (scores or {}).items()},
+            scores={c.id: float(s) for c, s in (scores or {}).items()}, details=dict(details or {}),
         )
 
     @property
@@ -167,7 +169,7 @@ class Localization:
     def to_dict(self) -> dict:
         return {
             "name": self.name, "model_name": self.model_name, "components": self.ids,
-            "rule": self.rule, "n_parameters": self.n_parameters, "scores": self.scores,
+            "rule": self.rule, "n_parameters": self.n_parameters, "scores": self.scores, "details": self.details,
         }
 
     @classmethod
@@ -179,6 +181,7 @@ class Localization:
             name=data["name"], model_name=data["model_name"],
             components=[Component.parse(c) for c in data["components"]], rule=data["rule"],
             n_parameters=int(data["n_parameters"]), scores=dict(data.get("scores", {})),
+            details=dict(data.get("details", {})),  # absent in files saved before it existed
         )
 
     def save(self, dataset: str) -> Path:

@@ -111,3 +111,13 @@ def test_json_round_trip_and_results_folder(model, tmp_path, monkeypatch):
         Localization.load("tiny", "counterfact", "fact lookup")
     with pytest.raises(ValueError, match="was made for 'tiny'"):
         loc.parameter_names(LoadedModel("other", model.hf_model, model.tokenizer, EMBEDDED_ARCHITECTURE_ID))
+
+
+def test_details_are_saved_and_older_files_without_them_load(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHUNLEARN_RESULTS", str(tmp_path))
+    loc = Localization.build("fact lookup", model, [Component("mlp", 0)], "rule", details={"head_paths": "mlps_recomputed"})
+    path = loc.save("counterfact")
+    assert json.loads(path.read_text())["details"] == {"head_paths": "mlps_recomputed"}
+    assert Localization.load("tiny", "counterfact", "fact lookup").details == {"head_paths": "mlps_recomputed"}
+    older = {k: v for k, v in loc.to_dict().items() if k != "details"}
+    assert Localization.from_dict(older).details == {}
