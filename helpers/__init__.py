@@ -1,17 +1,30 @@
 """Helpers for the executable reproduction of "Mechanistic Unlearning" (Guo et al., ICML 2025).
 
-Modules, in the order the book uses them:
+Modules, grouped by the step of the book they serve:
 
-- :mod:`helpers.seed`: one seeding utility used everywhere.
-- :mod:`helpers.models`: load the embedded Gemma-3-270M or any Hugging Face model.
-- :mod:`helpers.prompts`: every prompt template (fact, paraphrase, multiple choice).
-- :mod:`helpers.scoring`: batched probabilities of candidate answers.
-- :mod:`helpers.sports`, :mod:`helpers.counterfact`, :mod:`helpers.general_text`: the data,
-  checked by :mod:`helpers.validation`.
-- :mod:`helpers.parameters`: the range of every notebook parameter, for profiles, papermill and the API.
-- :mod:`helpers.keys`: what cache and record keys hold (model, dtype, code version).
-- :mod:`helpers.plots`: plotly set-up so figures render offline in the book.
-- :mod:`helpers.book`: execute the notebooks with papermill and build the book.
+- Set-up: :mod:`helpers.seed` (seeding), :mod:`helpers.cache` (where derived files live, written
+  atomically), :mod:`helpers.keys` (what cache and record keys hold: model, dtype, code version),
+  :mod:`helpers.models` (the embedded Gemma-3-270M or any Hugging Face model),
+  :mod:`helpers.precision` (float32 or bf16 matrix products, ``auto`` from the hardware),
+  :mod:`helpers.parameters` (the range of every notebook parameter), :mod:`helpers.plots`
+  (figures offline), :mod:`helpers.book` (execute the notebooks, build the book).
+- Data and prompts: :mod:`helpers.sports`, :mod:`helpers.counterfact`,
+  :mod:`helpers.general_text`, checked by :mod:`helpers.validation`; :mod:`helpers.prompts`
+  (every prompt format), :mod:`helpers.scoring` (probabilities of candidate answers),
+  :mod:`helpers.knowledge` (cached knowledge scores), :mod:`helpers.formats` (the same facts in
+  several formats).
+- Localization (chapters 01-03): :mod:`helpers.probes` (sports fact lookup),
+  :mod:`helpers.contrast` (clean and corrupted prompts), :mod:`helpers.path_patching`
+  (CounterFact fact lookup), :mod:`helpers.tracing` (causal tracing, attribution patching),
+  :mod:`helpers.localization` (component sets, budgets, controls).
+- Editing (chapter 04): :mod:`helpers.tasks`, :mod:`helpers.finetune`, :mod:`helpers.records`,
+  :mod:`helpers.sweep` (hyper-parameters on validation tasks), :mod:`helpers.grid`,
+  :mod:`helpers.executors` (runs in this process or as submitit jobs on a cluster).
+- Robustness (chapters 05-07): :mod:`helpers.robustness` (what every run measures),
+  :mod:`helpers.evaluation`, :mod:`helpers.relearning`, :mod:`helpers.soft_prompt`,
+  :mod:`helpers.latent`, :mod:`helpers.mmlu`.
+- Results (chapter 08): :mod:`helpers.results`, :mod:`helpers.stats`, :mod:`helpers.verdicts`,
+  :mod:`helpers.paper` (the paper's numbers).
 """
 
 import warnings

@@ -3,14 +3,17 @@
 Each step minimizes the paper's loss, ``c_f * L_forget + L_maintain + L_retain``:
 
 - ``L_forget``: for an edit, cross-entropy at the last prompt token toward the new answer;
-  for unlearning, ``min(-log(1 - P(true)), cap)``, which pushes P(true) down and stops
-  pushing once it is small (the cap keeps the loss bounded as P(true) approaches 1);
+  for unlearning, the authors' ``-log(1 - P(true))``, computed stably from the other tokens'
+  probabilities and dropped for a fact once ``log P(true) < unlearn_floor`` (-5: the fact is
+  already forgotten). It has no cap, so the surest facts get the largest push;
 - ``L_maintain``: cross-entropy toward the true answer on other facts of the same kind;
 - ``L_retain``: next-token loss on general text, estimated on a random subset of positions.
 
 AdamW without weight decay, cosine schedule, gradient clipping. Only the localization's
 parameters require gradients; :class:`restored` puts the original weights back in place
-afterwards, so many runs share one loaded model.
+afterwards, so many runs share one loaded model. The trained weights are stepped in float32
+even when the model holds bf16 weights (:class:`Float32Masters`; such a model computes in
+bf16 and is left holding bf16 weights), so small updates add up instead of rounding away.
 
 What makes it fast on a CPU, without changing the loss: only the last position's logits are
 computed for the fact losses, and only the sampled positions' logits for the retain loss (the
@@ -58,7 +61,7 @@ class TrainingConfig:
     retain_batch_size: int = 4  # general-text sequences per step
     retain_length: int = 64  # tokens per general-text sequence
     retain_positions: int = 16  # positions per sequence at which the retain loss is computed
-    unlearn_cap: float = 5.0  # cap of -log(1 - p) for unlearning
+    unlearn_floor: float = -5.0  # unlearning drops a fact once log P(true) is below this
     grad_clip: float = 1.0
     warmup_steps: int = 0
     precision: str = "auto"  # "bfloat16": autocast matmuls to bf16 (weights and optimizer stay fp32); "auto": where native
@@ -69,7 +72,7 @@ class TrainingConfig:
             "steps": self.steps >= 1, "batch_size": self.batch_size >= 1,
             "retain_batch_size": self.retain_batch_size >= 0, "retain_length": self.retain_length >= 2,
             "retain_positions": 1 <= self.retain_positions < self.retain_length,
-            "unlearn_cap": self.unlearn_cap > 0, "grad_clip": self.grad_clip > 0,
+            "unlearn_floor": self.unlearn_floor < 0, "grad_clip": self.grad_clip > 0,
             "warmup_steps": 0 <= self.warmup_steps < self.steps,
             "precision": self.precision in CHOICES,
         }
@@ -98,11 +101,19 @@ def answer_loss(model: LoadedModel, logits: torch.Tensor, answers: Sequence[str]
     return F.cross_entropy(logits, targets)
 
 
-def unlearning_loss(model: LoadedModel, logits: torch.Tensor, true_answers: Sequence[str], cap: float) -> torch.Tensor:
-    """Mean of ``min(-log(1 - P(true)), cap)`` under last-position ``logits``: low when the true answer is unlikely."""
-    targets = torch.tensor(first_token_ids(model.tokenizer, true_answers), device=logits.device)
-    log_p = logits.log_softmax(-1).gather(1, targets[:, None])[:, 0]
-    return torch.clamp(-torch.log1p(-log_p.exp().clamp(max=1 - 1e-6)), max=cap).mean()
+def unlearning_loss(
+    model: LoadedModel, logits: torch.Tensor, true_answers: Sequence[str], floor: float = -5.0
+) -> torch.Tensor:
+    """Mean over facts of ``-log(1 - P(true))`` under last-position ``logits``, 0 for facts with ``log P(true) < floor``.
+
+    ``log(1 - P(true))`` is the log-sum-exp of every other token's log-probability, which stays
+    finite and has a gradient however close P(true) is to 1.
+    """
+    targets = torch.tensor(first_token_ids(model.tokenizer, true_answers), device=logits.device)[:, None]
+    log_probs = logits.log_softmax(-1)
+    log_p = log_probs.gather(1, targets)[:, 0]
+    log_rest = log_probs.scatter(1, targets, float("-inf")).logsumexp(-1)
+    return torch.where(log_p < floor, torch.zeros_like(log_rest), -log_rest).mean()
 
 
 def retain_chunks(model: LoadedModel, texts: Sequence[str], length: int) -> torch.Tensor:
@@ -142,6 +153,50 @@ def restored(model: LoadedModel, localization: Localization) -> Iterator[list[to
                 parameter.grad = None
         for parameter in model.hf_model.parameters():
             parameter.requires_grad_(False)
+
+
+def weights_dtype(model: LoadedModel) -> str:
+    """The dtype the model holds its weights in (``"float32"``, ``"bfloat16"``), from its embedding."""
+    return str(model.hf_model.get_input_embeddings().weight.dtype).removeprefix("torch.")
+
+
+class Float32Masters:
+    """Float32 master copies of trained weights, for a model that holds its weights in bf16.
+
+    AdamW moves a weight by about the learning rate per step, and near |w| = 0.03 a bf16 weight
+    can only move in steps of 1.2e-4: updates at the paper's learning rates would round away
+    one by one. Inside :meth:`training` the parameters hold their float32 masters, so the
+    updates add up; outside they hold the masters rounded to their own dtype, so the model
+    is evaluated in the dtype it was loaded in. For float32 weights nothing is copied.
+    """
+
+    def __init__(self, parameters: Sequence[torch.nn.Parameter]) -> None:
+        self.parameters = list(parameters)
+        self.dtypes = [p.dtype for p in self.parameters]
+        self.masters = [p.detach().float() for p in self.parameters]
+
+    @contextmanager
+    def training(self) -> Iterator[None]:
+        """Swap the masters in for optimizer steps; on exit keep them and round the weights."""
+        for parameter, master in zip(self.parameters, self.masters):
+            parameter.data = master
+        try:
+            yield
+        finally:
+            self.masters = [p.data for p in self.parameters]
+            for parameter, dtype in zip(self.parameters, self.dtypes):
+                parameter.data = parameter.data.to(dtype)
+                parameter.grad = None
+
+
+def check_compute_dtype(model: LoadedModel, precision: Precision) -> None:
+    """Float32 products need float32 weights: a bf16-loaded model must train under bf16 autocast."""
+    dtype = weights_dtype(model)
+    if precision.precision == "float32" and dtype != "float32":
+        raise ValueError(
+            f"The model holds its weights in {dtype}, so it cannot train in float32: load it with "
+            f"dtype='float32', or train with precision='bfloat16' (its trained weights get a float32 master copy)"
+        )
 
 
 @dataclass
@@ -186,32 +241,34 @@ def train_localized(
     log = TrainingLog([], [], [], [], 0.0)
     start = time.perf_counter()
     precision = Precision(model, config.precision)
+    check_compute_dtype(model, precision)
     model.hf_model.train()
     try:
-        for _ in tqdm(range(config.steps), desc=f"{task.name} / {localization.name}", disable=not progress, unit="step"):
-            forget = task.forget_train.iloc[_sample(len(task.forget_train), config.batch_size, rng)]
-            maintain = task.maintain_train.iloc[_sample(len(task.maintain_train), config.batch_size, rng)]
-            with precision.active():
-                forget_logits, maintain_logits = joint_answer_logits(model, forget.prompt, maintain.prompt)
-                if task.mode == "edit":
-                    forget_loss = answer_loss(model, forget_logits, forget.new)
-                else:
-                    forget_loss = unlearning_loss(model, forget_logits, forget.true, config.unlearn_cap)
-                maintain_loss = answer_loss(model, maintain_logits, maintain.true)
-                retain = torch.zeros((), device=model.device)
-                if config.retain_batch_size:
-                    rows = torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)
-                    retain = retain_loss(model, general_chunks[rows], config.retain_positions, generator)
-            total = config.forget_weight * forget_loss + maintain_loss + retain
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-            optimizer.step()
-            schedule.step()
-            for values, loss in zip((log.forget, log.maintain, log.retain, log.total), (forget_loss, maintain_loss, retain, total)):
-                values.append(float(loss.detach()))
-            if not math.isfinite(log.total[-1]):
-                raise FloatingPointError(f"The loss diverged at step {len(log.total)}; lower the learning rate")
+        with Float32Masters(parameters).training():
+            for _ in tqdm(range(config.steps), desc=f"{task.name} / {localization.name}", disable=not progress, unit="step"):
+                forget = task.forget_train.iloc[_sample(len(task.forget_train), config.batch_size, rng)]
+                maintain = task.maintain_train.iloc[_sample(len(task.maintain_train), config.batch_size, rng)]
+                with precision.active():
+                    forget_logits, maintain_logits = joint_answer_logits(model, forget.prompt, maintain.prompt)
+                    if task.mode == "edit":
+                        forget_loss = answer_loss(model, forget_logits, forget.new)
+                    else:
+                        forget_loss = unlearning_loss(model, forget_logits, forget.true, config.unlearn_floor)
+                    maintain_loss = answer_loss(model, maintain_logits, maintain.true)
+                    retain = torch.zeros((), device=model.device)
+                    if config.retain_batch_size:
+                        rows = torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)
+                        retain = retain_loss(model, general_chunks[rows], config.retain_positions, generator)
+                total = config.forget_weight * forget_loss + maintain_loss + retain
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                optimizer.step()
+                schedule.step()
+                for values, loss in zip((log.forget, log.maintain, log.retain, log.total), (forget_loss, maintain_loss, retain, total)):
+                    values.append(float(loss.detach()))
+                if not math.isfinite(log.total[-1]):
+                    raise FloatingPointError(f"The loss diverged at step {len(log.total)}; lower the learning rate")
     finally:
         model.hf_model.eval()
     log.seconds = time.perf_counter() - start

@@ -2,7 +2,8 @@
 
 A component is a whole MLP (``mlp.3``), a whole attention layer (``attn.10``) or a single
 weight matrix (``mlp.3.up_proj``, ``attn.10.o_proj``). A :class:`Localization` keeps the
-components, the scores that chose them, the rule that chose them and its parameter count;
+components, the scores that chose them, the rule that chose them (with any method settings in
+``details``) and its parameter count;
 it serializes to JSON and maps to the Hugging Face parameters it makes trainable.
 
 The paper compares localizations at equal cost: the parameter count of the fact-lookup MLPs
@@ -121,7 +122,7 @@ class Localization:
     rule: str
     n_parameters: int
     scores: dict[str, float] = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)  # how the scores were computed (e.g. the resolved precision)
+    settings: dict = field(default_factory=dict)  # how it was chosen: e.g. the path-patching variant, the tracing precision
     source: str = field(default="", compare=False, repr=False)  # the file it was loaded from, for errors
 
     def __post_init__(self) -> None:

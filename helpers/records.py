@@ -3,7 +3,9 @@
 :func:`run_experiment` edits one task with one localization end to end and writes a record
 with everything needed to trust and redo the run: the configuration, package versions, wall
 time, training curves, the metrics before and after the edit, and the attacks on the edited
-model. A record's file name is a hash of its configuration, so a finished run is found and
+model; also the dtype the model holds its weights in (``weights_dtype``) and the one its
+trained weights were stepped in (``trained_weights_dtype``: always float32, see
+:class:`helpers.finetune.Float32Masters`). A record's file name is a hash of its configuration, so a finished run is found and
 skipped instead of trained again. :func:`load_records` gathers the records into one
 DataFrame. Records live in ``results/runs/`` (outside git).
 
@@ -30,7 +32,7 @@ import pandas as pd
 import torch
 
 from helpers.cache import results_dir, write_json
-from helpers.finetune import TrainingConfig, restored, train_localized
+from helpers.finetune import TrainingConfig, restored, train_localized, weights_dtype
 from helpers.keys import model_key, prompts_digest
 from helpers.localization import Localization
 from helpers.models import LoadedModel
@@ -155,6 +157,7 @@ def run_experiment(
         measure_seconds = time.perf_counter() - start
     record = {
         "key": key, **configuration, "n_parameters": localization.n_parameters,
+        "weights_dtype": weights_dtype(model), "trained_weights_dtype": "float32",
         "versions": {name: version(name) for name in PACKAGES},
         "seconds": log.seconds, "measure_seconds": measure_seconds, "curves": log.to_dict(),
         "metrics_before": before, "metrics": after, "attacks": attacks,

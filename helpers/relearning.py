@@ -38,7 +38,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from helpers.finetune import answer_loss, joint_answer_logits, restored, retain_loss
+from helpers.finetune import (
+    Float32Masters, answer_loss, check_compute_dtype, joint_answer_logits, restored, retain_loss,
+)
 from helpers.localization import Localization
 from helpers.models import LoadedModel
 from helpers.precision import CHOICES, Precision
@@ -181,18 +183,21 @@ def _train(
     schedule = get_cosine_schedule_with_warmup(optimizer, 0, config.steps)
     model.hf_model.eval()
     precision = Precision(model, config.precision)
+    check_compute_dtype(model, precision)
+    masters = Float32Masters(parameters)
     rows = [measure(0)]
     for step in tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, unit="step"):
         model.hf_model.train()
-        with precision.active():
-            total = loss(rng, generator)
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"The relearning loss diverged at step {step}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-        optimizer.step()
-        schedule.step()
+        with masters.training():
+            with precision.active():
+                total = loss(rng, generator)
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"The relearning loss diverged at step {step}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+            optimizer.step()
+            schedule.step()
         if step % config.eval_every == 0 or step == config.steps:
             model.hf_model.eval()
             rows.append({**measure(step), "loss": float(total.detach())})

@@ -36,15 +36,22 @@ def _check(records: pd.DataFrame, columns: Sequence[str]) -> None:
 
 def mcq_usability(records: pd.DataFrame, margin: float = USABLE_MARGIN) -> pd.DataFrame:
     """Per task and multiple-choice format: the unedited model's maintain accuracy, chance, and
-    whether it is usable (more than ``margin`` above chance), as in chapter 00."""
+    whether it is usable (more than ``margin`` above chance), as in chapter 00.
+
+    Each seed of a task has its own maintain facts, so the accuracy is the mean over the seeds
+    (one value per seed: every localization of a seed starts from the same model), and the
+    lowest seed's value is shown beside it.
+    """
     columns = [f"metrics_before.{fmt}_maintain_accuracy" for fmt in MCQ_FORMATS]
     _check(records, columns)
     rows = []
     for task, group in records.groupby("task", sort=False):
         chance = MCQ_CHANCE[dataset_of(task)]
+        per_seed = group.groupby("seed")[columns].first()
         for fmt, column in zip(MCQ_FORMATS, columns):
-            accuracy = float(group[column].iloc[0])
-            rows.append({"task": task, "format": fmt, "accuracy before editing": accuracy, "chance": chance,
+            accuracy = float(per_seed[column].mean())
+            rows.append({"task": task, "format": fmt, "accuracy before editing": accuracy,
+                         "lowest seed": float(per_seed[column].min()), "seeds": len(per_seed), "chance": chance,
                          "usable": accuracy > chance + margin})
     return pd.DataFrame(rows)
 

@@ -14,7 +14,7 @@ prefer the smallest learning rate, then the smallest ``c_f`` (the gentlest edit 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,9 +27,10 @@ from helpers.finetune import TrainingConfig
 from helpers.localization import Localization
 from helpers.models import LoadedModel
 from helpers.records import Measurements
-from helpers.tasks import EditTask
+from helpers.tasks import EditTask, counterfact_edit, sports_athlete_edit, sports_sport_edit
 
 VALIDATION_SEED = 10_000  # the validation task's seed; evaluation tasks use small seeds
+EDITING_TASKS = ("sports_athlete_edit", "sports_sport_edit", "counterfact_edit")
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,43 @@ def validation_and_evaluation_tasks(
 ) -> tuple[EditTask, dict[int, EditTask]]:
     """A validation task, and one evaluation task per seed built without its forget subjects."""
     validation = make_task(known, seed=VALIDATION_SEED, **task_args)
-    held_out = set(validation.forget_train.subject) | set(validation.forget_eval.subject)
+    held_out = validation_subjects(validation)
     return validation, {seed: make_task(known, seed=seed, holdout=held_out, **task_args) for seed in seeds}
+
+
+def validation_subjects(validation: EditTask) -> set[str]:
+    """The subjects a validation task edits: no evaluated task may contain them."""
+    return set(validation.forget_train.subject) | set(validation.forget_eval.subject)
+
+
+def editing_tasks(
+    known: Mapping[str, pd.DataFrame], tasks: Sequence[str], *, athlete_seeds: Sequence[int], other_seeds: Sequence[int],
+    n_facts: int, n_maintain: int, edited_sport: str, sport_edit_athletes: int | None,
+) -> tuple[dict[str, EditTask], dict[str, dict[int, EditTask]]]:
+    """Chapter 04's validation task per data set and its evaluated tasks per seed.
+
+    ``known`` holds the known ``"sports"`` athletes and ``"counterfact"`` facts. Sports-Sport-Edit
+    has no validation task of its own: it is tuned on the sports validation task, so it is
+    built without that task's athletes too.
+    """
+    unknown = set(tasks) - set(EDITING_TASKS)
+    if unknown:
+        raise ValueError(f"Unknown tasks {sorted(unknown)}; choose from {list(EDITING_TASKS)}")
+    validation, evaluated = {}, {}
+    if {"sports_athlete_edit", "sports_sport_edit"} & set(tasks):
+        validation["sports"], evaluated["sports_athlete_edit"] = validation_and_evaluation_tasks(
+            sports_athlete_edit, known["sports"], seeds=athlete_seeds, n_facts=n_facts, n_maintain=n_maintain)
+    if "counterfact_edit" in tasks:
+        validation["counterfact"], evaluated["counterfact_edit"] = validation_and_evaluation_tasks(
+            counterfact_edit, known["counterfact"], seeds=other_seeds, n_facts=n_facts, n_maintain=n_maintain)
+    if "sports_sport_edit" in tasks:
+        held_out = validation_subjects(validation["sports"])
+        evaluated["sports_sport_edit"] = {
+            s: sports_sport_edit(known["sports"], edited_sport, seed=s, n_maintain=n_maintain,
+                                 n_athletes=sport_edit_athletes, holdout=held_out)
+            for s in other_seeds
+        }
+    return validation, {name: evaluated[name] for name in tasks}
 
 
 def validation_score(metrics: dict[str, float], mode: str) -> float:

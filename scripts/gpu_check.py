@@ -218,11 +218,7 @@ def timing(args: argparse.Namespace, profile: dict, data: dict, name: str) -> li
     _, seconds = synchronized_seconds(
         lambda: (measure.evaluate(model, task), measure.attack(model, task, located["4 mlps"], chunks)))
     rows.append({"what": "grid run's measurements, 4 mlps", "seconds": seconds})
-    rows = [{"model": name, "parameters (B)": n_parameters / 1e9} | row for row in rows]
-    del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return rows
+    return [{"model": name, "parameters (B)": n_parameters / 1e9} | row for row in rows]
 
 
 def run_counts(profile: dict) -> dict[str, int]:
@@ -271,7 +267,12 @@ def main() -> None:
     print("\n(a) the same tiny edit, evaluations and attacks, CPU float32 vs", args.device, profile["dtype"])
     print(same.to_string(float_format="{:.4f}".format))
     print(f"largest difference: {same.difference.max():.4f}", flush=True)
-    times = pd.DataFrame([row for name in PAPER_SHAPES for row in timing(args, profile, data, name)])
+    rows = []
+    for name in PAPER_SHAPES:
+        rows += timing(args, profile, data, name)  # the model is freed when timing() returns
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    times = pd.DataFrame(rows)
     print(f"\n(b) seconds at the gpu profile's batch sizes ({args.scale} shapes, {args.device})")
     print(times.to_string(index=False, float_format="{:.3f}".format))
     hours = gpu_hours(times, profile)

@@ -1,5 +1,10 @@
 """The fine-tuning engine on a tiny Gemma3: what trains, what stays, and the losses' values."""
 
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -7,6 +12,7 @@ import torch.nn.functional as F
 
 from helpers.finetune import (
     TrainingConfig,
+    Float32Masters,
     answer_logits,
     joint_answer_logits,
     restored,
@@ -17,6 +23,7 @@ from helpers.finetune import (
 )
 from helpers.precision import Precision
 from helpers.localization import Component, Localization, named_weights
+from helpers.models import LoadedModel
 from helpers.prompts import SPORTS
 from helpers.scoring import first_token_ids
 from helpers.tasks import sports_athlete_edit
@@ -63,15 +70,44 @@ def test_editing_lowers_the_forget_loss(setup):
     assert len(log.total) == 15 and log.seconds > 0
 
 
-def test_unlearning_loss_is_capped_minus_log_one_minus_p(setup):
+def logits_with_p_true(model, answer: str, p_true: Sequence[float]) -> torch.Tensor:
+    """Last-position logits where ``answer``'s first token has each probability in ``p_true``."""
+    vocab, target = len(model.tokenizer), first_token_ids(model.tokenizer, [answer])[0]
+    p = torch.tensor(p_true, dtype=torch.float64)
+    logits = torch.zeros(len(p_true), vocab, dtype=torch.float64)
+    logits[:, target] = torch.log(p / (1 - p) * (vocab - 1))
+    return logits.float().requires_grad_(True)
+
+
+def test_unlearning_loss_is_minus_log_one_minus_p(setup):
     model, task, *_ = setup
     prompts, answers = list(task.forget_train.prompt), list(task.forget_train.true)
     with torch.no_grad():
         logits = answer_logits(model, prompts)
         p = logits.softmax(-1)[range(len(prompts)), first_token_ids(model.tokenizer, answers)]
-        expected = torch.clamp(-torch.log(1 - p), max=0.001).mean()
-        torch.testing.assert_close(unlearning_loss(model, logits, answers, cap=0.001), expected)
-        torch.testing.assert_close(unlearning_loss(model, logits, answers, cap=50.0), -torch.log(1 - p).mean())
+        torch.testing.assert_close(unlearning_loss(model, logits, answers), -torch.log(1 - p).mean())
+
+
+@pytest.mark.parametrize("p_true", [0.995, 0.9999])
+def test_unlearning_loss_pushes_the_surest_facts_hardest(setup, p_true):
+    """No cap: the loss is -log(1 - p) and its gradient grows as p approaches 1."""
+    model = setup[0]
+    logits = logits_with_p_true(model, "football", [0.9, p_true])
+    losses = [unlearning_loss(model, logits[i : i + 1], ["football"]) for i in range(2)]
+    torch.testing.assert_close(losses[1], torch.tensor(-math.log(1 - p_true)), rtol=2e-3, atol=0)
+    grads = [torch.autograd.grad(loss, logits)[0].abs().sum() for loss in losses]
+    assert grads[1] > grads[0] > 0
+
+
+def test_unlearning_loss_drops_forgotten_facts(setup):
+    """Once log P(true) < floor (-5 by default) a fact adds nothing: no loss, no gradient."""
+    model = setup[0]
+    logits = logits_with_p_true(model, "football", [math.exp(-5.5), math.exp(-4.5)])
+    loss = unlearning_loss(model, logits, ["football"] * 2)
+    gradient = torch.autograd.grad(loss, logits)[0]
+    assert gradient[0].abs().sum() == 0 and gradient[1].abs().sum() > 0
+    torch.testing.assert_close(loss, torch.tensor(-math.log(1 - math.exp(-4.5)) / 2), rtol=0, atol=2e-4)
+    assert unlearning_loss(model, logits, ["football"] * 2, floor=-6.0) > loss
 
 
 def test_joint_logits_match_separate_forward_passes(setup):
@@ -126,3 +162,47 @@ def test_bf16_steps_match_plain_autocast_and_leave_float32_weights_outside(setup
         assert all(p.grad is not None for p in trainable)
     assert all(p.dtype == torch.float32 for p in model.hf_model.parameters())
     assert model.hf_model.get_output_embeddings().weight is embedding
+
+
+def model_in(model: LoadedModel, dtype: torch.dtype) -> LoadedModel:
+    """A copy of ``model`` holding its weights in ``dtype``."""
+    return LoadedModel(model.name, copy.deepcopy(model.hf_model).to(dtype), model.tokenizer, model.architecture_id)
+
+
+def trained_change(model: LoadedModel, localization, task, chunks, config) -> dict[str, torch.Tensor]:
+    """How far a run moves each trained matrix (float32), and the dtype the weights are left in."""
+    with restored(model, localization) as parameters:
+        names = {id(p): n for n, p in named_weights(model).items()}
+        before = {names[id(p)]: p.detach().float().clone() for p in parameters}
+        train_localized(model, localization, task, chunks, config, seed=0, progress=False)
+        assert all(p.dtype == model.hf_model.dtype for p in parameters)
+        return {names[id(p)]: p.detach().float() - before[names[id(p)]] for p in parameters}
+
+
+def test_a_bf16_model_trains_through_float32_master_weights(setup):
+    """Steps of 3e-5 are below a bf16 weight's rounding step: only float32 masters let them add up."""
+    model, task, localization, chunks = setup
+    bf16 = model_in(model, torch.bfloat16)
+    reference = model_in(bf16, torch.float32)  # the same (bf16-rounded) weights, held in float32
+    config = TrainingConfig(learning_rate=3e-5, steps=10, batch_size=4, retain_batch_size=0, retain_length=16,
+                            retain_positions=4, precision="bfloat16")
+    expected = trained_change(reference, localization, task, chunks, config)
+    moved = trained_change(bf16, localization, task, chunks, config)
+    for name, change in expected.items():
+        error = (moved[name] - change).norm() / change.norm()
+        assert error < 0.3, (name, float(error))
+    with pytest.raises(ValueError, match="cannot train in float32"), restored(bf16, localization):
+        train_localized(bf16, localization, task, chunks, replace(config, precision="float32"), seed=0, progress=False)
+
+
+def test_master_weights_keep_what_rounding_would_erase():
+    weight = torch.nn.Parameter(torch.full((4,), 0.03, dtype=torch.bfloat16))
+    masters = Float32Masters([weight])
+    for _ in range(10):
+        with masters.training():
+            assert weight.dtype == torch.float32
+            with torch.no_grad():
+                weight -= 2e-5
+    assert weight.dtype == torch.bfloat16
+    torch.testing.assert_close(masters.masters[0], torch.full((4,), float(torch.tensor(0.03).bfloat16()) - 2e-4))
+    assert torch.all(weight < torch.tensor(0.03).bfloat16())

@@ -151,3 +151,13 @@ def test_a_malformed_localization_file_is_named(model, tmp_path, monkeypatch):
     path.write_text(path.read_text()[:-10])
     with pytest.raises(ValueError, match=f"Localization file {path} is not valid UTF-8 JSON"):
         Localization.load("tiny", "sports", "edited")
+
+
+def test_settings_are_saved_and_older_files_without_them_load(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHUNLEARN_RESULTS", str(tmp_path))
+    loc = Localization.build("fact lookup", model, [Component("mlp", 0)], "rule", settings={"head_paths": "mlps_recomputed"})
+    path = loc.save("counterfact")
+    assert json.loads(path.read_text())["settings"] == {"head_paths": "mlps_recomputed"}
+    assert Localization.load("tiny", "counterfact", "fact lookup").settings == {"head_paths": "mlps_recomputed"}
+    older = {k: v for k, v in loc.to_dict().items() if k != "settings"}
+    assert Localization.from_dict(older).settings == {}

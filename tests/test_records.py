@@ -38,6 +38,7 @@ def test_records_are_written_once_and_gathered(tiny_model, tmp_path, monkeypatch
     chunks = retain_chunks(tiny_model, ["The river flows slowly through the green valley. " * 20], 16)
     first = run_experiment(tiny_model, task, localization, chunks, CONFIG, seed=0, task_seed=0)
     assert first["localization"] == "mlp1" and len(first["curves"]["total"]) == 2 and first["versions"]["torch"]
+    assert (first["weights_dtype"], first["trained_weights_dtype"]) == ("float32", "float32")
     monkeypatch.setattr(records, "train_localized", refuse)
     assert run_experiment(tiny_model, task, localization, chunks, CONFIG, seed=0, task_seed=0) == first
     with pytest.raises(AssertionError, match="trained again"):

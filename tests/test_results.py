@@ -30,6 +30,19 @@ def test_usability_compares_with_chance_plus_margin():
     assert table.loc[("counterfact_edit", "cloze_mcq"), "chance"] == 0.25
 
 
+def test_usability_is_judged_on_every_seed():
+    """Seed 0's maintain set alone is at chance; over both seeds the format is usable."""
+    records = pd.DataFrame({
+        "task": ["counterfact_edit"] * 4, "localization": ["fact_lookup", "random_mlps"] * 2, "seed": [0, 0, 1, 1],
+        "metrics_before.lettered_mcq_maintain_accuracy": [0.25, 0.25, 0.45, 0.45],
+        "metrics_before.cloze_mcq_maintain_accuracy": [0.6, 0.6, 0.7, 0.7],
+    })
+    table = mcq_usability(records).set_index(["task", "format"])
+    row = table.loc[("counterfact_edit", "lettered_mcq")]
+    assert row["usable"] and row["seeds"] == 2
+    assert row["accuracy before editing"] == pytest.approx(0.35) and row["lowest seed"] == 0.25
+
+
 def test_format_metrics_long_picks_each_column():
     long = format_metrics_long(RECORDS, ["fact", "cloze_mcq"], ["forget_error", "edit_accuracy"])
     values = long.set_index(["task", "format", "kind"]).value

@@ -11,6 +11,7 @@ from helpers.records import Measurements, load_records
 from helpers.sweep import (
     SweepGrid,
     chosen_configs,
+    editing_tasks,
     load_choices,
     save_choices,
     select,
@@ -32,6 +33,22 @@ def test_validation_facts_are_held_out_of_every_evaluated_task():
     for task in evaluated.values():
         for split, subjects in task.subjects().items():
             assert not held_out & subjects, split
+
+
+def test_no_subject_edited_in_the_sweep_is_edited_in_an_evaluated_task():
+    """Sports-Sport-Edit is tuned on the sports validation task, so its athletes are held out too."""
+    validation, evaluated = editing_tasks(
+        {"sports": ATHLETES}, ["sports_athlete_edit", "sports_sport_edit"], athlete_seeds=[0, 1], other_seeds=[0, 1],
+        n_facts=4, n_maintain=2, edited_sport=SPORTS[0], sport_edit_athletes=None)
+    swept = {subject for task in validation.values() for subject in task.subjects()["forget_train"]}
+    assert swept and set(evaluated) == {"sports_athlete_edit", "sports_sport_edit"}
+    for name, by_seed in evaluated.items():
+        for seed, task in by_seed.items():
+            edited = task.subjects()["forget_train"] | task.subjects()["forget_eval"]
+            assert edited and not swept & edited, (name, seed)
+    with pytest.raises(ValueError, match="Unknown tasks"):
+        editing_tasks({}, ["sports_edit"], athlete_seeds=[0], other_seeds=[0], n_facts=4, n_maintain=2,
+                      edited_sport=SPORTS[0], sport_edit_athletes=None)
 
 
 def test_counterfact_validation_holds_out_subjects():
