@@ -7,7 +7,7 @@ forward passes of :mod:`helpers.scoring` (:func:`~helpers.scoring.last_token_log
 :func:`~helpers.scoring.final_hidden` given token ids) take that residual stream from a cache
 and run only the layers from ``start`` on, with Hugging Face's own masks, rotary embeddings and
 key/value cache: the layers below are swapped for pass-through modules for the duration of the
-call (:func:`_layers_from`). The upper layers, the final norm and the unembedding still run,
+call (:func:`layers_from`). The upper layers, the final norm and the unembedding still run,
 with gradients.
 
 The cache holds, per token sequence, the residual stream entering ``start`` (``len x d_model``
@@ -73,6 +73,16 @@ def active_start(model: LoadedModel) -> int | None:
     return _ACTIVE.get(id(model.hf_model))
 
 
+def edited_start(model: LoadedModel) -> int:
+    """The lowest decoder layer with a parameter that requires gradients (the edited one, inside
+    :func:`helpers.finetune.restored`); 0 when the embeddings do or when nothing does."""
+    decoder = model.hf_model.get_decoder()
+    if any(p.requires_grad for p in decoder.embed_tokens.parameters()):
+        return 0
+    trained = [i for i, layer in enumerate(decoder.layers) if any(p.requires_grad for p in layer.parameters())]
+    return trained[0] if trained else 0
+
+
 def lower_parameters(model: LoadedModel, start: int) -> list[nn.Parameter]:
     """The parameters the residual stream entering layer ``start`` depends on (embeddings, layers below)."""
     decoder = model.hf_model.get_decoder()
@@ -91,8 +101,9 @@ def _version_key(model: LoadedModel, start: int) -> tuple:
 
 
 @contextmanager
-def _layers_from(model: LoadedModel, start: int) -> Iterator[None]:
-    """Swap the decoder layers below ``start`` for pass-throughs while inside."""
+def layers_from(model: LoadedModel, start: int) -> Iterator[None]:
+    """Swap the decoder layers below ``start`` for pass-throughs while inside: a forward pass given
+    ``inputs_embeds`` then takes them as the residual stream entering layer ``start``."""
     decoder = model.hf_model.get_decoder()
     layers = decoder.layers
     decoder.layers = nn.ModuleList([_PassThrough() for _ in range(start)] + list(layers[start:]))
@@ -207,7 +218,7 @@ def final_hidden(model: LoadedModel, start: int, sequences: Sequence[Sequence[in
     ``drop`` leaves out each sequence's first tokens, whose keys and values ``inputs["cache"]`` holds.
     """
     embeds = _padded_states(model, start, sequences, drop)
-    with _layers_from(model, start):
+    with layers_from(model, start):
         return model.hf_model.base_model(inputs_embeds=embeds, **inputs).last_hidden_state
 
 
@@ -215,7 +226,7 @@ def prefix_cache(model: LoadedModel, start: int, prefix: Sequence[int]):
     """The key/value cache of a prompt prefix: the lower layers' from the cache, the upper layers' computed now."""
     prefix = tuple(prefix)
     embeds = states(model, start, [prefix])[0][None]
-    with _layers_from(model, start):
+    with layers_from(model, start):
         cache = model.hf_model.base_model(inputs_embeds=embeds, use_cache=True).cache
     cache.layers[:start] = _lower_prefix_layers(model, start, prefix)
     return cache
