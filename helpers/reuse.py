@@ -147,6 +147,13 @@ def _left_pad(model: LoadedModel, sequences: Sequence[Sequence[int]]) -> tuple[t
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+@contextmanager
+def _cacheable() -> Iterator[None]:
+    """No autograd graph, and ordinary tensors even inside ``inference_mode`` (a later training step can use them)."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
 class _Entering(Exception):
     """Stops a forward pass once the residual stream entering the cached layer is read."""
 
@@ -162,7 +169,7 @@ def _compute_states(model: LoadedModel, start: int, sequences: Sequence[tuple[in
     ids, mask, positions = _left_pad(model, sequences)
     handle = model.hf_model.get_decoder().layers[start].register_forward_pre_hook(stop, with_kwargs=True)
     try:
-        with torch.no_grad():
+        with _cacheable():
             model.hf_model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions)
     except _Entering as entering:
         hidden = entering.hidden
@@ -195,7 +202,7 @@ def _lower_prefix_layers(model: LoadedModel, start: int, prefix: tuple[int, ...]
         _STORE.move_to_end(key)
         layers = _STORE[key]
     else:
-        with torch.no_grad():
+        with _cacheable():
             ids = torch.tensor([prefix], device=model.device)
             layers = tuple(model.hf_model.base_model(input_ids=ids, use_cache=True).cache.layers[:start])
         _remember(key, layers)

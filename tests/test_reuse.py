@@ -1,11 +1,13 @@
 """Reused frozen activations give the full forward pass's logits, losses and gradients, and are never stale."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from transformers import Gemma3ForCausalLM
 
 from helpers import reuse
+from helpers.evaluation import general_loss
 from helpers.finetune import (
     TrainingConfig,
     restored,
@@ -16,7 +18,7 @@ from helpers.finetune import (
 from helpers.localization import Component, Localization
 from helpers.models import EMBEDDED_ARCHITECTURE_ID, LoadedModel
 from helpers.prompts import SPORTS
-from helpers.scoring import last_token_logits
+from helpers.scoring import candidate_probs, last_token_logits
 from helpers.tasks import sports_athlete_edit
 from tests.conftest import tiny_gemma_config
 
@@ -37,7 +39,7 @@ TOLERANCE = 1e-5
 def model(gemma_tokenizer) -> LoadedModel:
     """A 6-layer tiny Gemma3 (float32) with a window longer than the prompts, so the shared-prefix path runs."""
     torch.manual_seed(1)
-    hf = Gemma3ForCausalLM(tiny_gemma_config(len(gemma_tokenizer), n_layers=6, sliding_window=64)).eval()
+    hf = Gemma3ForCausalLM(tiny_gemma_config(len(gemma_tokenizer), n_layers=6, sliding_window=64)).eval().requires_grad_(False)
     return LoadedModel("tiny-gemma3-6", hf, gemma_tokenizer, EMBEDDED_ARCHITECTURE_ID)
 
 
@@ -74,6 +76,18 @@ def test_logits_losses_and_gradients_equal_the_full_forward(model, name, share_p
     for got, want in zip(reused[2], full[2]):
         torch.testing.assert_close(got, want, atol=TOLERANCE, rtol=1e-4)
     assert (reuse.cache_bytes() > 0) == (loc.start_layer > 0)
+
+
+def test_states_cached_during_inference_serve_a_training_step(model):
+    """The evaluations cache states under ``inference_mode``; a relearning step then backpropagates through them."""
+    loc = localization(model, "middle")
+    chunks = retain_chunks(model, TEXT, 16)[:3]
+    with reuse.reusing(model, loc.start_layer), torch.inference_mode():
+        last_token_logits(model, PROMPTS)
+    reused = loss_and_grads(model, loc, chunks, enabled=True)
+    full = loss_and_grads(model, loc, chunks, enabled=False)
+    for got, want in zip(reused[2], full[2]):
+        torch.testing.assert_close(got, want, atol=TOLERANCE, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["middle", "mixed"])
@@ -122,3 +136,17 @@ def test_the_cache_stays_within_its_bound(model, monkeypatch):
     with reuse.reusing(model, 3), torch.no_grad():
         last_token_logits(model, PROMPTS, share_prefix=False)
     assert 0 < reuse.cache_bytes() <= 4096 or len(reuse._STORE) == 1
+
+
+def test_scores_and_the_general_loss_equal_the_full_forward(model):
+    """What the evaluations compute (candidate probabilities, general loss) is the same from the cache."""
+    prompts = PROMPTS + ["Fact: Boris Becker plays", "Some other prompt about a sport of"] * 3
+    chunks = retain_chunks(model, TEXT, 16)
+    with restored(model, localization(model, "mixed")):
+        results = {}
+        for enabled in (False, True):
+            with reuse.reusing(model, 2, enabled=enabled):
+                results[enabled] = (candidate_probs(model, prompts, ["golf", "tennis"], batch_size=4, progress=False),
+                                    general_loss(model, chunks, max_tokens=None, batch_size=2))
+    np.testing.assert_allclose(results[True][0], results[False][0], atol=1e-6)
+    assert results[True][1] == pytest.approx(results[False][1], abs=1e-5)
