@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -108,6 +109,11 @@ def flat_numbers(attacks: dict) -> dict[str, float]:
     return flat
 
 
+def progress(report: dict, key: str) -> None:
+    """Print one finished part at once (the whole report follows at the end)."""
+    print(json.dumps({key: report[key], "load_average": os.getloadavg()}, default=str), file=sys.stderr, flush=True)
+
+
 def largest_difference(a: dict[str, float], b: dict[str, float]) -> float:
     diffs = [abs(a[k] - b[k]) for k in a if not (np.isnan(a[k]) and np.isnan(b[k]))]
     return max(diffs, default=0.0)
@@ -162,6 +168,7 @@ def main() -> None:
                     "largest loss difference": max(abs(x - y) for x, y in zip(logs[False].total, logs[True].total))}
                    if not args.old_only else {}),
             }
+            progress(report, f"training {name}")
         if "b" in args.parts:
             results = {}
             for enabled in paths:
@@ -181,8 +188,10 @@ def main() -> None:
                 entry["largest metric difference"] = largest_difference(results[False][0], results[True][0])
                 entry["cache MiB"] = reuse.cache_bytes() / 2**20
             report[f"measurements {name}"] = entry
+            progress(report, f"measurements {name}")
     if "c" in args.parts:  # last: building the TransformerLens bridge rewraps the model for good
         report["causal tracing"] = trace_both(model, args.trace_prompts, paths)
+        progress(report, "causal tracing")
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report, indent=1, default=str))
 
