@@ -22,7 +22,9 @@ Completion formats are scored like :func:`helpers.records.answer_probabilities`:
 renormalized over the task's candidates (see :mod:`helpers.tasks`); for CounterFact, the
 full-vocabulary probability of the answer's first token. Multiple-choice formats are
 renormalized over the options (the letters, or the option words). All prompts of one format,
-forget and maintain facts together, are scored in one :func:`candidate_probs` call.
+forget and maintain facts together, are scored in one :func:`candidate_probs` call. Inside
+:func:`helpers.reuse.reusing` (an edited model, :mod:`helpers.robustness`), every forward pass
+here starts at the lowest edited layer from cached activations.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from helpers.finetune import retain_chunks
 from helpers.formats import MCQ_FORMATS, mcq_item, shuffled_options
 from helpers.models import LoadedModel
 from helpers.prompts import SPORT_ANSWERS, SPORTS, completion_question, paraphrase_prompts_for_sports, sports_question
-from helpers.scoring import candidate_probs, renormalize
+from helpers.scoring import candidate_probs, final_hidden, renormalize, unembed
 from helpers.tasks import EditTask, athlete_rows, fact_rows
 
 COMPLETION_FORMATS = ("fact", "paraphrase")
@@ -234,8 +236,8 @@ def general_loss(
     total, count = 0.0, 0
     with torch.inference_mode():
         for batch in chunks[:n].to(model.device).split(batch_size):
-            logits = model.hf_model(input_ids=batch).logits[:, :-1].float()
-            total += F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
+            logits = unembed(model, final_hidden(model, input_ids=batch)[:, :-1].flatten(0, 1)).float()
+            total += F.cross_entropy(logits, batch[:, 1:].flatten(), reduction="sum").item()
             count += batch[:, 1:].numel()
     return total / count
 

@@ -20,7 +20,9 @@ computed for the fact losses, and only the sampled positions' logits for the ret
 262k-token unembedding dominates a small model's cost), as 2-D matrix products
 (:func:`helpers.scoring.unembed`); a prompt prefix shared by a batch runs once
 (:func:`helpers.scoring.last_token_logits`); layers below the first trainable one build no
-autograd graph, because nothing below them requires gradients. ``precision="bfloat16"``
+autograd graph, because nothing below them requires gradients, and they run once per prompt and
+general-text chunk, not once per step: the residual stream entering the lowest trained layer is
+cached (:mod:`helpers.reuse`; ``reuse_frozen=False`` turns it off). ``precision="bfloat16"``
 runs the matrix products in bf16 (:class:`helpers.precision.Precision`): about twice as fast on a
 CPU with native bf16 (AVX512-BF16, AMX) and far slower on one without, so the default ``"auto"``
 picks it only where it is native (:func:`helpers.precision.resolve_precision`); the losses differ
@@ -45,6 +47,7 @@ from transformers import get_cosine_schedule_with_warmup
 from helpers.localization import Localization
 from helpers.models import LoadedModel
 from helpers.precision import CHOICES, Precision
+from helpers.reuse import reusing
 from helpers.scoring import final_hidden, first_token_ids, last_token_logits, unembed
 from helpers.tasks import EditTask
 from helpers.validation import check_texts
@@ -227,8 +230,13 @@ def train_localized(
     *,
     seed: int,
     progress: bool = True,
+    reuse_frozen: bool = True,
 ) -> TrainingLog:
-    """Fine-tune ``localization``'s weights on ``task`` in place (wrap in :func:`restored`)."""
+    """Fine-tune ``localization``'s weights on ``task`` in place (wrap in :func:`restored`).
+
+    ``reuse_frozen`` runs the layers below the localization once per prompt and general-text chunk
+    (:mod:`helpers.reuse`); ``False`` runs the full forward pass at every step (same losses).
+    """
     if task.forget_train.empty:
         raise ValueError(f"Task {task.name!r} has an empty forget set")
     parameters = [p for p in model.hf_model.parameters() if p.requires_grad]
@@ -248,7 +256,7 @@ def train_localized(
             for _ in tqdm(range(config.steps), desc=f"{task.name} / {localization.name}", disable=not progress, unit="step"):
                 forget = task.forget_train.iloc[_sample(len(task.forget_train), config.batch_size, rng)]
                 maintain = task.maintain_train.iloc[_sample(len(task.maintain_train), config.batch_size, rng)]
-                with precision.active():
+                with precision.active(), reusing(model, localization.start_layer, enabled=reuse_frozen):
                     forget_logits, maintain_logits = joint_answer_logits(model, forget.prompt, maintain.prompt)
                     if task.mode == "edit":
                         forget_loss = answer_loss(model, forget_logits, forget.new)

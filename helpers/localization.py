@@ -142,6 +142,11 @@ class Localization:
         )
 
     @property
+    def start_layer(self) -> int:
+        """The lowest layer a component of this localization is in: nothing below it changes."""
+        return min(c.layer for c in self.components)
+
+    @property
     def ids(self) -> list[str]:
         return [c.id for c in self.components]
 

@@ -8,6 +8,12 @@ After the edit only (:meth:`Robustness.attack`): the relearning attacks of
 :mod:`helpers.relearning`, the soft-prompt attack of :mod:`helpers.soft_prompt`, and for sports
 the latent probes of :mod:`helpers.latent` (the original hidden states are read by
 :meth:`Robustness.prepare` just before the edit).
+
+The edit changes nothing below its lowest layer, so the evaluations after it and the ``full``
+relearning attack (training and measurements) run only the layers from there on, on the
+residual stream cached by :mod:`helpers.reuse` (the same numbers; ``reuse_frozen=False`` runs the
+full forward pass). The LoRA attack adapts every layer and the soft prompt changes every
+position's input: they run in full.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from helpers.models import LoadedModel
 from helpers.precision import Precision, check_precision, resolved
 from helpers.records import Measurements
 from helpers.relearning import ATTACKS, RelearnConfig, relearn
+from helpers.reuse import edited_start, reusing
 from helpers.soft_prompt import SoftPromptConfig, soft_prompt_attack
 from helpers.tasks import EditTask
 
@@ -66,8 +73,10 @@ class Robustness:
     """
 
     def __init__(self, model: LoadedModel, athletes: pd.DataFrame, facts: pd.DataFrame,
-                 retain_chunks: torch.Tensor, settings: RobustnessSettings = RobustnessSettings()) -> None:
+                 retain_chunks: torch.Tensor, settings: RobustnessSettings = RobustnessSettings(),
+                 *, reuse_frozen: bool = True) -> None:
         self.athletes, self.facts, self.retain_chunks = athletes, facts, retain_chunks
+        self.reuse_frozen = reuse_frozen
         self.settings = resolved(settings, model.device)
         self.heldout_chunks = general_chunks(model, load_general_text("heldout"))
         self._original_states: dict[str, AthleteStates] = {}
@@ -81,7 +90,8 @@ class Robustness:
         """
         s = self.settings
         quiz = other_kind_quiz(task, athletes=self.athletes, facts=self.facts, n=s.quiz_size, seed=s.seed)
-        with Precision(model, s.eval_precision, trained=()).active():
+        start = edited_start(model)
+        with Precision(model, s.eval_precision, trained=()).active(), reusing(model, start, enabled=self.reuse_frozen):
             metrics = evaluate_task(
                 model, task, quiz=quiz, general_chunks_or_texts=self.heldout_chunks, n_orders=s.n_orders,
                 seed=s.seed, batch_size=s.batch_size, max_general_tokens=s.max_general_tokens,
@@ -100,7 +110,9 @@ class Robustness:
         s = self.settings
         results: dict = {}
         for name in s.relearn_attacks:
-            curve = relearn(model, task, localization, self.retain_chunks, s.relearn, attack=name, seed=s.seed, progress=False)
+            start = localization.start_layer if name == "full" else 0  # LoRA adapts every layer
+            with reusing(model, start, enabled=self.reuse_frozen):
+                curve = relearn(model, task, localization, self.retain_chunks, s.relearn, attack=name, seed=s.seed, progress=False)
             results[f"relearn_{name}"] = curve.to_dict(orient="records")
             results[f"relearn_error_{name}"] = float(curve.relearn_error.iloc[-1])
         if s.soft_prompt is not None:

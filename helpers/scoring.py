@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from helpers import reuse
 from helpers.models import LoadedModel
 
 
@@ -57,12 +58,23 @@ def last_token_logits(model: LoadedModel, prompts: Sequence[str], *, share_prefi
     window = getattr(model.hf_model.config, "sliding_window", None) or float("inf")
     if share_prefix and shared >= MIN_SHARED_PREFIX and min(map(len, ids)) > shared and max(map(len, ids)) + shared <= window:
         return _logits_after_shared_prefix(model, ids, shared)
-    hidden = final_hidden(model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    start = reuse.active_start(model)
+    if start is not None:
+        hidden = reuse.final_hidden(model, start, ids, attention_mask=attention_mask, position_ids=position_ids)
+    else:
+        hidden = final_hidden(model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
     return unembed(model, hidden[:, -1])
 
 
 def final_hidden(model: LoadedModel, **inputs) -> torch.Tensor:
-    """The last layer's (normalized) hidden states, (batch, positions, d_model), without logits."""
+    """The last layer's (normalized) hidden states, (batch, positions, d_model), without logits.
+
+    Inside :func:`helpers.reuse.reusing`, unpadded ``input_ids`` (and no other input) start from
+    the cached residual stream of the frozen lower layers.
+    """
+    start = reuse.active_start(model)
+    if start is not None and set(inputs) == {"input_ids"}:
+        return reuse.final_hidden(model, start, inputs["input_ids"].tolist())
     return model.hf_model.base_model(**inputs).last_hidden_state
 
 
@@ -94,16 +106,22 @@ def _left_padded(model: LoadedModel, ids: list[list[int]], offset: int) -> tuple
 
 def _logits_after_shared_prefix(model: LoadedModel, ids: list[list[int]], shared: int) -> torch.Tensor:
     """Run the shared prefix once, then every prompt's rest on top of its (broadcast) cache."""
-    prefix = torch.tensor([ids[0][:shared]], device=model.device)
-    cache = model.hf_model.base_model(input_ids=prefix, use_cache=True).cache
+    start = reuse.active_start(model)
+    if start is not None:
+        cache = reuse.prefix_cache(model, start, ids[0][:shared])
+    else:
+        prefix = torch.tensor([ids[0][:shared]], device=model.device)
+        cache = model.hf_model.base_model(input_ids=prefix, use_cache=True).cache
     for layer in cache.layers:
         layer.keys = layer.keys.expand(len(ids), -1, -1, -1)
         layer.values = layer.values.expand(len(ids), -1, -1, -1)
     input_ids, rest_mask, position_ids = _left_padded(model, [seq[shared:] for seq in ids], offset=shared)
     attention_mask = torch.cat([torch.ones(len(ids), shared, dtype=rest_mask.dtype, device=model.device), rest_mask], 1)
-    hidden = final_hidden(
-        model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True,
-    )
+    inputs = {"attention_mask": attention_mask, "position_ids": position_ids, "cache": cache, "use_cache": True}
+    if start is not None:
+        hidden = reuse.final_hidden(model, start, ids, drop=shared, **inputs)
+    else:
+        hidden = final_hidden(model, input_ids=input_ids, **inputs)
     return unembed(model, hidden[:, -1])
 
 

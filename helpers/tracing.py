@@ -17,12 +17,16 @@ then whole components are added by |score| until the fact-lookup parameter budge
 (:func:`helpers.localization.budget_matched`).
 
 Every run goes through the TransformerLens bridge's hook points and the Hugging Face
-forward with ``logits_to_keep=1``: only the last position's logits are computed.
+forward with ``logits_to_keep=1``: only the last position's logits are computed. A causal-tracing
+restoration at layer L starts from the noised run's residual stream entering L, which it
+equals below L (:func:`helpers.reuse.layers_from` skips the layers below): about half the
+layers of all restorations run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -43,6 +47,7 @@ from helpers.localization import (
 )
 from helpers.models import LoadedModel
 from helpers.precision import Precision
+from helpers.reuse import layers_from
 
 EMBED_HOOK = "hook_embed"
 # ROME's position categories: prompts of different lengths are averaged category by category.
@@ -69,9 +74,12 @@ def z_hook(layer: int) -> str:
 
 def run_patched(
     model: LoadedModel, tokens: torch.Tensor,
-    patches: Mapping[str, Patch] | None = None, record: Sequence[str] = (),
+    patches: Mapping[str, Patch] | None = None, record: Sequence[str] = (), *, start: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Last-position logits (n, vocab) of a run with patched activations, and recorded ones.
+
+    With ``start`` given, ``tokens`` is the residual stream entering layer ``start`` (n, T, d_model)
+    and only the layers from ``start`` on run (only their hooks fire).
 
     ``patches[hook] = (mask, values)`` replaces the hook's activation by ``values`` where
     ``mask`` is True; ``mask`` has one dimension less than the activation (it selects rows,
@@ -93,8 +101,12 @@ def run_patched(
         return hook
 
     hooks = [(name, hook_for(name)) for name in dict.fromkeys([*patches, *record])]
-    with model.bridge.hooks(fwd_hooks=hooks):
-        logits = model.hf_model(input_ids=tokens, logits_to_keep=1).logits[:, -1]
+    if start is not None:
+        with model.bridge.hooks(fwd_hooks=hooks), layers_from(model, start):
+            logits = model.hf_model(inputs_embeds=tokens, logits_to_keep=1).logits[:, -1]
+    else:
+        with model.bridge.hooks(fwd_hooks=hooks):
+            logits = model.hf_model(input_ids=tokens, logits_to_keep=1).logits[:, -1]
     return logits, recorded
 
 
@@ -164,14 +176,16 @@ def subject_embedding_std(model: LoadedModel, batches: Sequence[ContrastBatch]) 
 
 
 def trace_batch(
-    model: LoadedModel, batch: ContrastBatch, noise: torch.Tensor, *, max_rows: int = 256,
+    model: LoadedModel, batch: ContrastBatch, noise: torch.Tensor, *, max_rows: int = 256, reuse_noised: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """P(correct answer) on one batch: clean (n,), noised (n,), restored (n, 2, layers, categories).
 
     ``noise`` (n, T, d_model) is added to the embeddings at the subject tokens. Each
     restoration puts one layer's clean MLP or attention output back at every position of
     one category of the noised run; many restorations run side by side as extra rows of
-    one forward pass (at most ``max_rows`` rows).
+    one forward pass (at most ``max_rows`` rows). With ``reuse_noised``, the restorations at
+    layer L start from the noised run's residual stream entering L (below L they equal the
+    noised run); ``False`` runs every restoration from the embeddings.
     """
     n = len(batch)
     categories = category_masks(batch.subject)
@@ -180,15 +194,63 @@ def trace_batch(
     with torch.inference_mode():
         clean_logits, clean = run_patched(model, batch.clean, record=[EMBED_HOOK, *names])
         noised = (batch.subject, clean[EMBED_HOOK] + noise)
-        noised_logits, _ = run_patched(model, batch.clean, {EMBED_HOOK: noised})
-        restored = []
-        for chunk in _chunks(variants, max(1, max_rows // n)):
-            copies = len(chunk)
-            patches = {EMBED_HOOK: (_repeat(noised[0], copies), _repeat(noised[1], copies))}
-            logits, _ = run_patched(model, _repeat(batch.clean, copies), patches | one_patch_per_copy(chunk, clean))
-            restored.append(_answer_probs(logits, _repeat(batch.answer, copies)).view(copies, n))
-    restored = torch.cat(restored).T.reshape(n, len(TRACED), model.n_layers, len(CATEGORIES))
+        with _layer_inputs(model) as entering:
+            noised_logits, _ = run_patched(model, batch.clean, {EMBED_HOOK: noised})
+        if reuse_noised:
+            restored = _restorations_from_noised_layers(model, batch, variants, clean, entering, max_rows)
+        else:
+            restored = _restorations_from_embeddings(model, batch, variants, clean, noised, max_rows)
+    restored = restored.T.reshape(n, len(TRACED), model.n_layers, len(CATEGORIES))
     return _answer_probs(clean_logits, batch.answer), _answer_probs(noised_logits, batch.answer), restored
+
+
+@contextmanager
+def _layer_inputs(model: LoadedModel) -> Iterator[dict[int, torch.Tensor]]:
+    """While inside, record the residual stream entering every decoder layer (layer -> (n, T, d_model))."""
+    entering: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int) -> Callable:
+        def hook(module, args, kwargs):
+            entering[layer] = args[0] if args else kwargs["hidden_states"]
+        return hook
+
+    layers = model.hf_model.get_decoder().layers
+    handles = [block.register_forward_pre_hook(keep(layer), with_kwargs=True) for layer, block in enumerate(layers)]
+    try:
+        yield entering
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _restorations_from_embeddings(
+    model: LoadedModel, batch: ContrastBatch, variants: list[tuple[str, torch.Tensor]],
+    clean: Mapping[str, torch.Tensor], noised: Patch, max_rows: int,
+) -> torch.Tensor:
+    """P(correct) of every restoration (variants, n), each run from the noised embeddings."""
+    n, restored = len(batch), []
+    for chunk in _chunks(variants, max(1, max_rows // n)):
+        copies = len(chunk)
+        patches = {EMBED_HOOK: (_repeat(noised[0], copies), _repeat(noised[1], copies))}
+        logits, _ = run_patched(model, _repeat(batch.clean, copies), patches | one_patch_per_copy(chunk, clean))
+        restored.append(_answer_probs(logits, _repeat(batch.answer, copies)).view(copies, n))
+    return torch.cat(restored)
+
+
+def _restorations_from_noised_layers(
+    model: LoadedModel, batch: ContrastBatch, variants: list[tuple[str, torch.Tensor]],
+    clean: Mapping[str, torch.Tensor], entering: Mapping[int, torch.Tensor], max_rows: int,
+) -> torch.Tensor:
+    """P(correct) of every restoration (variants, n): those at layer L run from the noised residual stream entering L."""
+    n = len(batch)
+    restored = torch.empty(len(variants), n, device=batch.answer.device)
+    for layer in range(model.n_layers):
+        at_layer = [i for i, (name, _) in enumerate(variants) if name in {output_hook(k, layer) for k in TRACED}]
+        for rows in _chunks(at_layer, max(1, max_rows // n)):
+            chunk = [variants[i] for i in rows]
+            logits, _ = run_patched(model, _repeat(entering[layer], len(rows)), one_patch_per_copy(chunk, clean), start=layer)
+            restored[rows] = _answer_probs(logits, _repeat(batch.answer, len(rows))).view(len(rows), n).to(restored.dtype)
+    return restored
 
 
 def _answer_probs(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
@@ -229,6 +291,7 @@ class CausalTrace:
 def causal_trace(
     model: LoadedModel, batches: Sequence[ContrastBatch], *,
     noise_scale: float = 3.0, seed: int = 0, max_rows: int = 256, precision: str = "auto", progress: bool = True,
+    reuse_noised: bool = True,
 ) -> CausalTrace:
     """ROME's causal tracing of every MLP and attention output, averaged over the prompts.
 
@@ -243,6 +306,9 @@ def causal_trace(
     bounds the difference): about 1.6x faster on a CPU with native bf16 (AVX512-BF16, AMX), far
     slower on one without. ``"auto"`` (the default) picks bf16 only where it is native; the
     trace records the precision that ran.
+
+    ``reuse_noised`` starts each restoration from the noised run's residual stream at its layer
+    (:func:`trace_batch`); ``False`` runs it from the embeddings (the same effects, slower).
     """
     if noise_scale <= 0:
         raise ValueError(f"noise_scale must be positive, got {noise_scale}")
@@ -256,7 +322,7 @@ def causal_trace(
         shape = (*batch.clean.shape, model.hf_model.config.get_text_config().hidden_size)
         noise = torch.randn(shape, generator=generator).to(model.device) * noise_std
         with context.active():
-            results = trace_batch(model, batch, noise * batch.subject[..., None], max_rows=max_rows)
+            results = trace_batch(model, batch, noise * batch.subject[..., None], max_rows=max_rows, reuse_noised=reuse_noised)
         for store, result in zip((clean, noised, restored), results):
             store.append(result.cpu().numpy())
         present.append(category_masks(batch.subject).any(dim=2).cpu().numpy())

@@ -216,3 +216,16 @@ def test_bad_inputs(traced_model, batches):
     unchanged = replace(batches[0], corrupt=batches[0].clean)
     with pytest.raises(ValueError, match="corruption changes nothing"):
         attribution_patching(traced_model, [unchanged], progress=False)
+
+
+def test_restorations_from_the_noised_layers_equal_the_full_runs(traced_model, batches):
+    """Starting each restoration at its layer from the noised run gives today's full-run results."""
+    noise = torch.randn(*batches[0].clean.shape, 64, generator=torch.Generator().manual_seed(0)) * 0.5
+    noise = noise * batches[0].subject[..., None]
+    full = trace_batch(traced_model, batches[0], noise, max_rows=8, reuse_noised=False)
+    reused = trace_batch(traced_model, batches[0], noise, max_rows=8)
+    for got, want in zip(reused, full):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    fast, slow = (causal_trace(traced_model, batches, seed=0, progress=False, reuse_noised=r) for r in (True, False))
+    np.testing.assert_allclose(fast.mlp, slow.mlp, atol=1e-4)
+    np.testing.assert_allclose(fast.attn, slow.attn, atol=1e-4)
