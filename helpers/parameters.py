@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FunctionType, ModuleType
 
-import papermill
-
 from helpers.models import DTYPES
 from helpers.precision import CHOICES as PRECISION_CHOICES
 from helpers.prompts import SPORTS
@@ -141,6 +139,8 @@ def notebook_path(notebook: str | Path) -> Path:
 
 def declared_parameters(notebook: str | Path) -> set[str]:
     """The names the notebook's ``parameters`` cell assigns."""
+    import papermill  # here, not at the top: the data loaders use this module where papermill is absent (GPU check)
+
     return set(papermill.inspect_notebook(str(notebook_path(notebook))))
 
 

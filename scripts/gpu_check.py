@@ -49,6 +49,7 @@ from helpers.finetune import TrainingConfig, restored, retain_chunks, train_loca
 from helpers.general_text import load_general_text  # noqa: E402
 from helpers.localization import Component, Localization  # noqa: E402
 from helpers.models import LoadedModel, resolve_dtype  # noqa: E402
+from helpers.precision import Precision  # noqa: E402
 from helpers.records import training_format_metrics  # noqa: E402
 from helpers.relearning import RelearnConfig, relearn  # noqa: E402
 from helpers.soft_prompt import SoftPromptConfig, soft_prompt_attack  # noqa: E402
@@ -108,7 +109,7 @@ class Measure:
     and the soft-prompt attack, at the gpu profile's settings with this script's overrides."""
 
     def __init__(self, profile: dict, args: argparse.Namespace, data: dict, precision: str) -> None:
-        self.profile, self.data = profile, data
+        self.profile, self.data, self.precision = profile, data, precision
         relearn_steps = args.relearn_steps or profile["relearn_steps"]
         self.relearn = RelearnConfig(
             steps=relearn_steps, eval_every=min(profile["relearn_eval_every"], relearn_steps),
@@ -120,9 +121,10 @@ class Measure:
 
     def evaluate(self, model: LoadedModel, task) -> dict[str, float]:
         quiz = other_kind_quiz(task, athletes=self.data["athletes"], facts=self.data["facts"], n=QUIZ_SIZE)
-        return evaluate_task(model, task, quiz=quiz, general_chunks_or_texts=load_general_text("heldout"),
-                             n_orders=self.profile["n_orders"], batch_size=self.profile["batch_size"],
-                             max_general_tokens=MAX_GENERAL_TOKENS)
+        with Precision(model, self.precision, trained=()).active():
+            return evaluate_task(model, task, quiz=quiz, general_chunks_or_texts=load_general_text("heldout"),
+                                 n_orders=self.profile["n_orders"], batch_size=self.profile["batch_size"],
+                                 max_general_tokens=MAX_GENERAL_TOKENS)
 
     def attack(self, model: LoadedModel, task, localization: Localization, chunks: torch.Tensor) -> dict[str, float]:
         errors = {
@@ -164,15 +166,18 @@ def one_run(model: LoadedModel, task, localization: Localization, chunks: torch.
 
 
 def parity(args: argparse.Namespace, profile: dict, data: dict) -> pd.DataFrame:
-    """(a) The same tiny edit and measurements on the CPU in float32 and on ``--device`` in bf16 weights."""
+    """(a) The same tiny edit and measurements on the CPU in float32 and on ``--device`` with bf16 matrix products.
+
+    Both models hold float32 weights (the gpu profile loads float32 and trains float32 master weights);
+    the second computes every matrix product in bf16, as ``precision: auto`` does on a GPU."""
     task = sports_athlete_edit(data["athletes"], args.facts or 8, seed=0, n_maintain=args.facts or 8)
     torch.manual_seed(0)
     reference = random_model(Gemma3TextConfig, TINY_SHAPE, data["tokenizer"], "tiny-gemma3", "cpu", "float32")
-    config = replace(training_config(profile, args), learning_rate=1e-3, precision="float32")
-    measure = Measure(profile, args, data, "float32")
     results = {}
-    for label, device, dtype in (("cpu float32", "cpu", "float32"), (f"{args.device} {profile['dtype']}", args.device, profile["dtype"])):
-        model = replace(reference, hf_model=copy.deepcopy(reference.hf_model).to(device=device, dtype=resolve_dtype(dtype)))
+    for label, device, precision in (("cpu float32", "cpu", "float32"), (f"{args.device} bf16", args.device, "bfloat16")):
+        config = replace(training_config(profile, args), learning_rate=1e-3, precision=precision)
+        measure = Measure(profile, args, data, precision)
+        model = replace(reference, hf_model=copy.deepcopy(reference.hf_model).to(device=device))
         localization = Localization.build("mlps", model, [Component("mlp", layer) for layer in (1, 2)], "gpu check")
         chunks = retain_chunks(model, load_general_text("train"), config.retain_length)
         results[label] = one_run(model, task, localization, chunks, config, measure)
@@ -264,7 +269,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""), flush=True)
     same = parity(args, profile, data)
-    print("\n(a) the same tiny edit, evaluations and attacks, CPU float32 vs", args.device, profile["dtype"])
+    print("\n(a) the same tiny edit, evaluations and attacks, CPU float32 vs", args.device, "bf16 matrix products")
     print(same.to_string(float_format="{:.4f}".format))
     print(f"largest difference: {same.difference.max():.4f}", flush=True)
     rows = []

@@ -20,6 +20,11 @@ FACTS = [  # subject, relation, template, true, new
 ]
 
 
+def printed(values: list[str]) -> str:
+    """A list as numpy prints it, wrapped at a fixed width (the authors' lists span lines; global print options vary)."""
+    return np.array2string(np.array(values), max_line_width=50)
+
+
 def authors_row(i, subject, relation, template, true, new):
     """A row as the authors' CSV has it: Python-literal dict, numpy-printed lists (no commas)."""
     rewrite = {"prompt": template, "relation_id": relation, "subject": subject,
@@ -28,9 +33,9 @@ def authors_row(i, subject, relation, template, true, new):
         "index": i, "relation": template, "prompt": template.replace("{}", subject), "relation_id": relation,
         "target_true": f" {true}", "target_false": f" {new}", "subject": subject, "case_id": i,
         "requested_rewrite": str(rewrite),
-        "paraphrase_prompts": str(np.array([f"Some text. {subject}'s first language is", f"{subject} spoke"])),
-        "neighborhood_prompts": str(np.array([template.replace("{}", "Someone Else"), "The native language of X is"])),
-        "attribute_prompts": str(np.array(["unused"])),
+        "paraphrase_prompts": printed([f"Some text. {subject}'s first language is", f"{subject} spoke"]),
+        "neighborhood_prompts": printed([template.replace("{}", "Someone Else"), "The native language of X is"]),
+        "attribute_prompts": printed(["unused"]),
     }
 
 

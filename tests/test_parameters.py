@@ -57,7 +57,9 @@ def test_shipped_profiles_pass():
 
 def test_printed_parameters_resolve_the_notebook_section():
     parameters = yaml.safe_load(parameters_yaml("ci", "04_localized_editing", ROOT))
-    assert parameters["n_facts"] == 4 and parameters["steps"] == 3 and parameters["threshold"] == 0.5
+    section = load_profile("ci", ROOT)["notebooks"]["04_localized_editing"]
+    assert parameters["n_facts"] == section["n_facts"] and parameters["steps"] == section["steps"]
+    assert parameters["threshold"] == load_profile("ci", ROOT)["threshold"]
     assert "n_format_facts" not in parameters  # shared in the profile, not declared by notebook 04
     with pytest.raises(ValueError, match="unknown notebook '04_localized' \\(did you mean '04_localized_editing'\\?\\)"):
         parameters_yaml("ci", "04_localized", ROOT)
