@@ -27,6 +27,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ CHOICES = ("auto", *PRECISIONS)  # what a precision parameter accepts
 FORCE_ENV = "MECHUNLEARN_PRECISION"  # forces one precision over every parameter ("auto" or unset: no forcing)
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # x86 flags of native bf16 arithmetic
 NATIVE_BF16_FEATURES = frozenset({"bf16"})  # the ARM feature of native bf16 arithmetic (ARMv8.6)
+Config = TypeVar("Config")  # a frozen dataclass with ``*precision`` fields
 
 
 @cache
@@ -104,7 +106,7 @@ def resolve_precision(precision: str = "auto", device: str | torch.device | None
     return "bfloat16" if native_bf16(device) else "float32"
 
 
-def resolved(config, device: str | torch.device | None = None):
+def resolved(config: Config, device: str | torch.device | None = None) -> Config:
     """A copy of a frozen dataclass with every ``*precision`` field resolved, nested dataclasses included."""
     changes = {}
     for f in dataclasses.fields(config):
