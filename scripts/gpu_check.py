@@ -216,7 +216,7 @@ def timing(args: argparse.Namespace, profile: dict, data: dict, name: str) -> li
     for label, localization in located.items():
         with restored(model, localization):
             log = train_localized(model, localization, task, chunks, config, seed=0, progress=False)
-        rows.append({"what": f"training step, {label}", "seconds": log.seconds / config.steps})
+        rows.append({"what": f"training step, {label}", "seconds": (log.seconds - log.check_seconds) / log.steps})
     _, seconds = synchronized_seconds(lambda: training_format_metrics(model, task))
     rows.append({"what": "training-format evaluation", "seconds": seconds})
     measure = Measure(profile, args, data, profile["precision"])
