@@ -91,7 +91,7 @@ class TrainingConfig:
             "unlearn_floor": self.unlearn_floor < 0, "grad_clip": self.grad_clip > 0,
             "warmup_steps": 0 <= self.warmup_steps < self.steps,
             "precision": self.precision in CHOICES, "check_every": self.check_every >= 0,
-            "min_p_new": 0 < self.min_p_new <= 1, "max_p_true": 0 <= self.max_p_true < 1,
+            "min_p_new": 0 < self.min_p_new < 1, "max_p_true": 0 < self.max_p_true < 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -185,8 +185,10 @@ def verdict_table(metrics: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS, con
 
 def tally(table: pd.DataFrame) -> pd.DataFrame:
     """Per claim, the reproductions only: how many comparisons, how many with both edits complete, and each verdict's count."""
-    reproductions = table[table.test == REPRODUCTION]
-    counts = reproductions.groupby("claim", sort=False).verdict.value_counts().unstack(fill_value=0)
+    reproductions = table[table.test == REPRODUCTION] if len(table) else table
+    if reproductions.empty:
+        return pd.DataFrame(columns=["claim", "comparisons", "both edits complete"])
+    counts = reproductions.groupby("claim", sort=False).verdict.value_counts().unstack(fill_value=0).rename_axis(columns=None)
     counts = counts.reindex(columns=[v for v in VERDICTS if v in counts.columns])
     both = reproductions.assign(both=reproductions["complete pairs"] == reproductions.seeds).groupby("claim", sort=False).both.sum()
     return counts.assign(comparisons=counts.sum(axis=1), **{"both edits complete": both}).reset_index()
