@@ -18,7 +18,7 @@ Each metric is a probability, as in the paper (not an argmax accuracy):
 - ``quiz_accuracy``: mean P(true) on facts of the other kind (:func:`other_kind_quiz`),
   which an edit of sports facts must not touch, and vice versa.
 
-Completion formats are scored like :func:`helpers.records.answer_probabilities`: for sports,
+Completion formats are scored like :func:`helpers.scoring.answer_probabilities`: for sports,
 renormalized over the task's candidates (see :mod:`helpers.tasks`); for CounterFact, the
 full-vocabulary probability of the answer's first token. Multiple-choice formats are
 renormalized over the options (the letters, or the option words). All prompts of one format,

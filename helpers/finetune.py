@@ -15,6 +15,16 @@ afterwards, so many runs share one loaded model. The trained weights are stepped
 even when the model holds bf16 weights (:class:`Float32Masters`; such a model computes in
 bf16 and is left holding bf16 weights), so small updates add up instead of rounding away.
 
+**Edits of matched strength.** A run trains until its edit is complete, or until the step cap
+``steps`` (the cosine schedule spans the cap). Every ``check_every`` steps, and at the cap, one
+batched scoring call measures the trained facts (``forget_train``; for Sports-Sport-Edit the
+trained half) in the training format, with the task's probability convention
+(:func:`helpers.scoring.fact_probabilities`). The written criterion: an edit is complete when
+mean P(new) >= ``min_p_new`` (.9) and mean P(true) <= ``max_p_true`` (.1); unlearning when mean
+P(true) <= ``max_p_true``. :func:`criterion_shortfall` says how far a check is from it (0 when
+complete). The log keeps every check, the steps taken and whether the criterion was reached, so
+localizations are compared at the same edit strength, not at the same number of steps.
+
 What makes it fast on a CPU, without changing the loss: only the last position's logits are
 computed for the fact losses, and only the sampled positions' logits for the retain loss (the
 262k-token unembedding dominates a small model's cost), as 2-D matrix products
@@ -36,7 +46,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -48,7 +58,7 @@ from helpers.localization import Localization
 from helpers.models import LoadedModel
 from helpers.precision import CHOICES, Precision
 from helpers.reuse import reusing
-from helpers.scoring import final_hidden, first_token_ids, last_token_logits, unembed
+from helpers.scoring import fact_probabilities, final_hidden, first_token_ids, last_token_logits, unembed
 from helpers.tasks import EditTask
 from helpers.validation import check_texts
 
@@ -59,7 +69,7 @@ class TrainingConfig:
 
     learning_rate: float = 1e-5
     forget_weight: float = 1.0  # c_f
-    steps: int = 50
+    steps: int = 50  # the step cap: training stops earlier once the edit is complete
     batch_size: int = 16  # facts per step, for the forget and for the maintain loss
     retain_batch_size: int = 4  # general-text sequences per step
     retain_length: int = 64  # tokens per general-text sequence
@@ -68,6 +78,9 @@ class TrainingConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 0
     precision: str = "auto"  # "bfloat16": autocast matmuls to bf16 (weights and optimizer stay fp32); "auto": where native
+    check_every: int = 5  # steps between completeness checks (and one at the cap); 0: no check, train to the cap
+    min_p_new: float = 0.9  # an edit is complete at mean P(new) >= this on the trained facts ...
+    max_p_true: float = 0.1  # ... and mean P(true) <= this (unlearning: this alone)
 
     def __post_init__(self) -> None:
         checks = {
@@ -77,7 +90,8 @@ class TrainingConfig:
             "retain_positions": 1 <= self.retain_positions < self.retain_length,
             "unlearn_floor": self.unlearn_floor < 0, "grad_clip": self.grad_clip > 0,
             "warmup_steps": 0 <= self.warmup_steps < self.steps,
-            "precision": self.precision in CHOICES,
+            "precision": self.precision in CHOICES, "check_every": self.check_every >= 0,
+            "min_p_new": 0 < self.min_p_new < 1, "max_p_true": 0 < self.max_p_true < 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -202,15 +216,45 @@ def check_compute_dtype(model: LoadedModel, precision: Precision) -> None:
         )
 
 
+def criterion_shortfall(p_true: float, p_new: float | None, config: TrainingConfig) -> float:
+    """How far mean P(true) and mean P(new) (None for unlearning) are from the completeness criterion; 0 when met."""
+    shortfall = max(0.0, p_true - config.max_p_true)
+    if p_new is not None:
+        shortfall += max(0.0, config.min_p_new - p_new)
+    return shortfall
+
+
+def completeness_check(model: LoadedModel, task: EditTask, config: TrainingConfig, step: int) -> dict:
+    """Mean P(true) (and P(new) for an edit) on the trained facts, in the training format, from one scoring call."""
+    columns = ["true", "new"] if task.mode == "edit" else ["true"]
+    probs = fact_probabilities(model, task.forget_train, columns, task.candidates)
+    p_true = float(probs["true"].mean())
+    p_new = float(probs["new"].mean()) if task.mode == "edit" else None
+    shortfall = criterion_shortfall(p_true, p_new, config)
+    return {"step": step, "p_true": p_true, "p_new": p_new, "shortfall": shortfall, "complete": shortfall == 0}
+
+
 @dataclass
 class TrainingLog:
-    """Per-step losses and the wall time of a run."""
+    """Per-step losses, the completeness checks (:func:`completeness_check`) and the wall time of a run."""
 
     forget: list[float]
     maintain: list[float]
     retain: list[float]
     total: list[float]
     seconds: float
+    checks: list[dict] = field(default_factory=list)
+    check_seconds: float = 0.0  # the part of ``seconds`` spent on the checks
+
+    @property
+    def steps(self) -> int:
+        """The optimizer steps taken."""
+        return len(self.total)
+
+    @property
+    def reached(self) -> bool | None:
+        """Whether the last check met the criterion (None when no check ran)."""
+        return self.checks[-1]["complete"] if self.checks else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -234,6 +278,7 @@ def train_localized(
 ) -> TrainingLog:
     """Fine-tune ``localization``'s weights on ``task`` in place (wrap in :func:`restored`).
 
+    Stops once a completeness check meets the criterion, else at the cap ``config.steps`` (module doc).
     ``reuse_frozen`` runs the layers below the localization once per prompt and general-text chunk
     (:mod:`helpers.reuse`); ``False`` runs the full forward pass at every step (same losses).
     """
@@ -253,7 +298,7 @@ def train_localized(
     model.hf_model.train()
     try:
         with Float32Masters(parameters).training():
-            for _ in tqdm(range(config.steps), desc=f"{task.name} / {localization.name}", disable=not progress, unit="step"):
+            for step in tqdm(range(1, config.steps + 1), desc=f"{task.name} / {localization.name}", disable=not progress, unit="step"):
                 forget = task.forget_train.iloc[_sample(len(task.forget_train), config.batch_size, rng)]
                 maintain = task.maintain_train.iloc[_sample(len(task.maintain_train), config.batch_size, rng)]
                 with precision.active(), reusing(model, localization.start_layer, enabled=reuse_frozen):
@@ -277,6 +322,15 @@ def train_localized(
                     values.append(float(loss.detach()))
                 if not math.isfinite(log.total[-1]):
                     raise FloatingPointError(f"The loss diverged at step {len(log.total)}; lower the learning rate")
+                if config.check_every and (step % config.check_every == 0 or step == config.steps):
+                    check_start = time.perf_counter()
+                    model.hf_model.eval()
+                    with precision.active(), reusing(model, localization.start_layer, enabled=reuse_frozen):
+                        log.checks.append(completeness_check(model, task, config, step))
+                    model.hf_model.train()
+                    log.check_seconds += time.perf_counter() - check_start
+                    if log.checks[-1]["complete"]:
+                        break
     finally:
         model.hf_model.eval()
     log.seconds = time.perf_counter() - start

@@ -80,6 +80,8 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "rise_fraction": (_unit_interval, "lie in (0, 1)"),
     "seed": (_non_negative_int, "be an integer >= 0"),
     "margin": (_non_negative, "be a number >= 0"),
+    "min_p_new": (_unit_interval, "lie in (0, 1)"),
+    "max_p_true": (_unit_interval, "lie in (0, 1)"),
     "min_gain": (_non_negative, "be a number >= 0"),
     "mlp_threshold": (_non_negative, "be a number >= 0"),
     "noise_scale": (_positive, "be a number > 0"),
@@ -105,7 +107,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
        for name in ("precision", "eval_precision", "tracing_precision")},
     **{name: POSITIVE_INT for name in (
         "batch_size", "n_format_facts", "n_orders", "n_probe_seeds", "patience", "n_prompts", "n_corruption_seeds",
-        "top_k_heads", "n_check", "n_facts", "n_maintain", "steps", "facts_per_step", "retain_batch_size",
+        "top_k_heads", "n_check", "n_facts", "n_maintain", "steps", "check_every", "facts_per_step", "retain_batch_size",
         "quiz_size", "max_general_tokens", "relearn_steps", "relearn_eval_every", "lora_rank",
         "relearn_facts_per_step", "soft_prompt_steps",
     )},

@@ -2,7 +2,9 @@
 
 :func:`run_experiment` edits one task with one localization end to end and writes a record
 with everything needed to trust and redo the run: the configuration, package versions, wall
-time, training curves, the metrics before and after the edit, and the attacks on the edited
+time, training curves with the completeness checks, the steps taken and whether the edit
+reached the completeness criterion (``steps_taken``, ``criterion_reached``: see
+:mod:`helpers.finetune`), the metrics before and after the edit, and the attacks on the edited
 model; also the dtype the model holds its weights in (``weights_dtype``) and the one its
 trained weights were stepped in (``trained_weights_dtype``: always float32, see
 :class:`helpers.finetune.Float32Masters`). A record's file name is a hash of its configuration, so a finished run is found and
@@ -27,7 +29,6 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -37,20 +38,12 @@ from helpers.keys import model_key, prompts_digest
 from helpers.localization import Localization
 from helpers.models import LoadedModel
 from helpers.precision import resolved
-from helpers.scoring import candidate_probs, renormalize
+from helpers.scoring import answer_probabilities
 from helpers.seed import seed_everything
 from helpers.tasks import EditTask
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "peft", "scikit-learn", "pandas")
 PURPOSES = ("evaluation", "validation")
-
-
-def answer_probabilities(model: LoadedModel, frame: pd.DataFrame, answers: list[str], candidates: tuple[str, ...] | None) -> np.ndarray:
-    """P(answer) per row: renormalized over ``candidates`` (sports), else over the full vocabulary."""
-    if candidates is None:
-        return candidate_probs(model, frame.prompt.tolist(), [[a] for a in answers], progress=False)[:, 0]
-    probs = renormalize(candidate_probs(model, frame.prompt.tolist(), list(candidates), progress=False))
-    return probs[np.arange(len(frame)), [candidates.index(a) for a in answers]]
 
 
 def training_format_metrics(model: LoadedModel, task: EditTask) -> dict[str, float]:
@@ -160,6 +153,7 @@ def run_experiment(
         "weights_dtype": weights_dtype(model), "trained_weights_dtype": "float32",
         "versions": {name: version(name) for name in PACKAGES},
         "seconds": log.seconds, "measure_seconds": measure_seconds, "curves": log.to_dict(),
+        "steps_taken": log.steps, "criterion_reached": log.reached,
         "metrics_before": before, "metrics": after, "attacks": attacks,
     }
     write_json(path, record)

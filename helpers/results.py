@@ -122,7 +122,8 @@ def headline_mcq_format(usability: pd.DataFrame, task: str) -> str | None:
 
 
 def headline_metrics(records: pd.DataFrame, attack: str = "lora") -> pd.DataFrame:
-    """One row per run: :data:`HEADLINE` metrics, the latent share and the trainable parameters.
+    """One row per run: :data:`HEADLINE` metrics, the latent share, the trainable parameters and
+    whether the edit reached the completeness criterion (``criterion_reached``).
 
     ``MCQ ...`` use each task's :func:`headline_mcq_format` (NaN where no MCQ format is usable;
     column ``mcq_format`` says which); ``general capability`` is MMLU where every run of the task
@@ -131,14 +132,14 @@ def headline_metrics(records: pd.DataFrame, attack: str = "lora") -> pd.DataFram
     decode as the original sport, mean over layers; ``new fact in hidden states`` the share
     decoded as the new one (sports tasks; NaN for CounterFact, which has no probe target).
     """
-    _check(records, ["n_parameters", f"attacks.relearn_error_{attack}"])
+    _check(records, ["n_parameters", "criterion_reached", f"attacks.relearn_error_{attack}"])
     usability = mcq_usability(records)
     rows = []
     for task, group in records.groupby("task", sort=False):
         mcq = headline_mcq_format(usability, task)
         mmlu = "metrics.mmlu_accuracy" in group and group["metrics.mmlu_accuracy"].notna().all()
         general = "mmlu_accuracy" if mmlu else "quiz_accuracy"
-        frame = group[[*RUN_COLUMNS, "n_parameters"]].assign(mcq_format=mcq, general_measure=general)
+        frame = group[[*RUN_COLUMNS, "n_parameters", "criterion_reached"]].assign(mcq_format=mcq, general_measure=general)
         for name, column in HEADLINE.items():
             column = column.format(mcq=mcq, attack=attack, general=general)
             frame[name] = group[column] if column in group else float("nan")  # also when no MCQ format is usable

@@ -19,6 +19,7 @@ backward, measured on this CPU).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from tqdm.auto import tqdm
 
 from helpers import reuse
 from helpers.models import LoadedModel
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def first_token_ids(tokenizer, answers: Sequence[str]) -> list[int]:
@@ -185,3 +189,26 @@ def _distinct_first_tokens(tokenizer, answers: list[str]) -> list[int]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"Candidate answers {answers} share a first token; they cannot be told apart")
     return ids
+
+
+def fact_probabilities(
+    model: LoadedModel, frame: pd.DataFrame, columns: Sequence[str], candidates: tuple[str, ...] | None,
+    *, batch_size: int = 32,
+) -> dict[str, np.ndarray]:
+    """P of each answer column (``"true"``, ``"new"``) per row of ``frame``'s prompts, from one scoring call.
+
+    Sports tasks (``candidates`` given): renormalized over the candidates; CounterFact (``None``):
+    the full-vocabulary probability of each row's answers.
+    """
+    prompts = frame.prompt.tolist()
+    if candidates is None:
+        probs = candidate_probs(model, prompts, frame[list(columns)].values.tolist(), batch_size=batch_size, progress=False)
+        return {column: probs[:, i] for i, column in enumerate(columns)}
+    probs = renormalize(candidate_probs(model, prompts, list(candidates), batch_size=batch_size, progress=False))
+    rows = np.arange(len(frame))
+    return {column: probs[rows, [candidates.index(a) for a in frame[column]]] for column in columns}
+
+
+def answer_probabilities(model: LoadedModel, frame: pd.DataFrame, answers: list[str], candidates: tuple[str, ...] | None) -> np.ndarray:
+    """P(answer) per row of ``frame``: renormalized over ``candidates`` (sports), else over the full vocabulary."""
+    return fact_probabilities(model, frame.assign(answer=answers), ["answer"], candidates)["answer"]

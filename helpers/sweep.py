@@ -4,11 +4,17 @@ The paper swept the learning rate and the forget-loss weight ``c_f`` per method 
 on the very facts it then evaluated. Here the sweep runs on a **validation task**: facts drawn
 with their own seed and held out of every evaluation task (:func:`validation_and_evaluation_tasks`).
 
-The selection rule (:func:`validation_score`, :func:`select`), fixed before looking at results:
-score each configuration by the mean of its forget-side metric (edit accuracy for an edit,
-forget error for unlearning) and its maintain accuracy, both on the validation task's fact
-prompt; keep the highest score per localization; among scores within ``tie`` of the best,
-prefer the smallest learning rate, then the smallest ``c_f`` (the gentlest edit that works).
+The selection rule (:func:`select`), fixed before looking at results, compares edits of matched
+strength: every run trains until its edit meets the completeness criterion on the trained facts,
+or until the step cap (:mod:`helpers.finetune`). Per localization,
+
+1. among the configurations whose validation run **reached the criterion**, the one with the best
+   maintain accuracy (on the validation task's measured maintain facts) wins; maintain
+   accuracies within ``tie`` of the best count as equal, and then the one that took **fewer
+   steps** wins (then the smaller learning rate, then the smaller ``c_f``);
+2. if no configuration reached it, the one **closest** to it (the smallest
+   :func:`helpers.finetune.criterion_shortfall` at its last check; ties as above) wins, and the
+   choice is flagged ``criterion_reached = False``, so that the grid's tables can say so.
 """
 
 from __future__ import annotations
@@ -93,12 +99,6 @@ def editing_tasks(
     return validation, {name: evaluated[name] for name in tasks}
 
 
-def validation_score(metrics: dict[str, float], mode: str) -> float:
-    """Mean of the forget-side metric (edit accuracy, or forget error for unlearning) and maintain accuracy."""
-    forget_side = metrics["edit_accuracy"] if mode == "edit" else metrics["forget_error"]
-    return (forget_side + metrics["maintain_accuracy"]) / 2
-
-
 def sweep(
     model: LoadedModel, task: EditTask, localizations: Sequence[Localization], general_chunks: torch.Tensor,
     base: TrainingConfig, grid: SweepGrid, *, seed: int, executor: Executor | None = None, progress: bool = True,
@@ -106,27 +106,43 @@ def sweep(
     """Train every localization with every configuration of ``grid`` on the validation ``task``.
 
     The runs execute in this process unless ``executor`` says otherwise (:mod:`helpers.executors`).
+    One row per run: the training-format metrics, the steps taken, whether the run reached the
+    completeness criterion and its shortfall at the last check.
     """
+    if not base.check_every:
+        raise ValueError("The sweep selects by the completeness criterion: base.check_every must be at least 1")
     runs = [PlannedRun(task, VALIDATION_SEED, loc, config, seed) for loc in localizations for config in grid.configs(base)]
     records = (executor or LocalExecutor()).run(
         model, runs, general_chunks, Measurements(), purpose="validation", desc=f"sweep {task.name}", progress=progress,
     )
     return pd.DataFrame([
         {"localization": run.localization.name, "learning_rate": run.config.learning_rate,
-         "forget_weight": run.config.forget_weight, **record["metrics"],
-         "score": validation_score(record["metrics"], task.mode)}
+         "forget_weight": run.config.forget_weight, **record["metrics"], "steps_taken": record["steps_taken"],
+         "criterion_reached": record["criterion_reached"], "shortfall": record["curves"]["checks"][-1]["shortfall"]}
         for run, record in zip(runs, records)
     ])
 
 
 def select(results: pd.DataFrame, *, tie: float = 0.01) -> pd.DataFrame:
-    """One row per localization: the configuration the selection rule picks (see the module doc)."""
+    """One row per localization: the configuration the selection rule picks (see the module doc).
+
+    Among the runs that reached the completeness criterion, the best maintain accuracy (within
+    ``tie``), then the fewest steps; if none reached it, the smallest shortfall (within ``tie``),
+    then the best maintain accuracy and the fewest steps. Further ties: smaller learning rate, then ``c_f``.
+    """
     if results.empty:
         raise ValueError("No sweep results to select from")
+    order = ["steps_taken", "learning_rate", "forget_weight"]
     chosen = []
     for _, group in results.groupby("localization", sort=False):
-        near_best = group[group.score >= group.score.max() - tie]
-        chosen.append(near_best.sort_values(["learning_rate", "forget_weight"]).iloc[0])
+        reached = group[group.criterion_reached.astype(bool)]
+        if len(reached):
+            candidates = reached[reached.maintain_accuracy >= reached.maintain_accuracy.max() - tie]
+            chosen.append(candidates.sort_values(order).iloc[0])
+        else:
+            closest = group[group.shortfall <= group.shortfall.min() + tie]
+            best = closest[closest.maintain_accuracy >= closest.maintain_accuracy.max() - tie]
+            chosen.append(best.sort_values(order).iloc[0])
     return pd.DataFrame(chosen).reset_index(drop=True)
 
 
@@ -137,7 +153,7 @@ def choices_path(model_name: str, task_name: str) -> Path:
 def save_choices(choices: pd.DataFrame, model_name: str, task_name: str) -> Path:
     """Write the chosen (learning rate, c_f) per localization; return the path."""
     path = choices_path(model_name, task_name)
-    columns = ["localization", "learning_rate", "forget_weight", "score"]
+    columns = ["localization", "learning_rate", "forget_weight", "maintain_accuracy", "steps_taken", "criterion_reached", "shortfall"]
     write_json(path, choices[columns].to_dict(orient="records"))
     return path
 

@@ -94,7 +94,8 @@ def main() -> None:
         "benchmark", model, [Component("mlp", int(l)) for l in args.mlps.split(",")], "benchmark"
     )
     config = finetune.TrainingConfig(
-        learning_rate=args.learning_rate, steps=args.steps, batch_size=batch, retain_batch_size=args.retain)
+        learning_rate=args.learning_rate, steps=args.steps, batch_size=batch, retain_batch_size=args.retain,
+        check_every=0)  # the steps alone, as in the naive loop: no completeness checks, no early stop
     chunks = finetune.retain_chunks(model, load_general_text("train"), config.retain_length)
     float32, bf16 = replace(config, precision="float32"), replace(config, precision="bfloat16")
     logs = {

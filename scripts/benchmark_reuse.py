@@ -156,7 +156,8 @@ def main() -> None:
     for name, components in LOCALIZATIONS.items():
         loc = Localization.build(name, model, components, "benchmark")
         if "a" in args.parts:
-            config = TrainingConfig(learning_rate=3e-5, steps=args.steps, batch_size=8, retain_batch_size=1, precision="float32")
+            config = TrainingConfig(learning_rate=3e-5, steps=args.steps, batch_size=8, retain_batch_size=1, precision="float32",
+                                    check_every=0)
             logs = {}
             for enabled in paths:
                 reuse.clear()

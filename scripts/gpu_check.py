@@ -216,7 +216,7 @@ def timing(args: argparse.Namespace, profile: dict, data: dict, name: str) -> li
     for label, localization in located.items():
         with restored(model, localization):
             log = train_localized(model, localization, task, chunks, config, seed=0, progress=False)
-        rows.append({"what": f"training step, {label}", "seconds": log.seconds / config.steps})
+        rows.append({"what": f"training step, {label}", "seconds": (log.seconds - log.check_seconds) / log.steps})
     _, seconds = synchronized_seconds(lambda: training_format_metrics(model, task))
     rows.append({"what": "training-format evaluation", "seconds": seconds})
     measure = Measure(profile, args, data, profile["precision"])
@@ -281,7 +281,7 @@ def main() -> None:
     print(f"\n(b) seconds at the gpu profile's batch sizes ({args.scale} shapes, {args.device})")
     print(times.to_string(index=False, float_format="{:.3f}".format))
     hours = gpu_hours(times, profile)
-    print(f"\n(c) the gpu profile's sweep and grid, per model ({profile['steps']} training steps per run)")
+    print(f"\n(c) the gpu profile's sweep and grid, per model (every run counted at the step cap, {profile['steps']} steps: an upper bound)")
     print(hours.to_string(index=False, float_format="{:.2f}".format))
     if args.out:
         args.out.write_text(json.dumps({"parity": same.reset_index(names="metric").to_dict(orient="records"),

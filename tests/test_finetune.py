@@ -14,6 +14,8 @@ from helpers.finetune import (
     TrainingConfig,
     Float32Masters,
     answer_logits,
+    completeness_check,
+    criterion_shortfall,
     joint_answer_logits,
     restored,
     retain_chunks,
@@ -25,6 +27,7 @@ from helpers.precision import Precision
 from helpers.localization import Component, Localization, named_weights
 from helpers.models import LoadedModel
 from helpers.prompts import SPORTS
+from helpers.records import training_format_metrics
 from helpers.scoring import first_token_ids
 from helpers.tasks import sports_athlete_edit
 
@@ -67,7 +70,50 @@ def test_editing_lowers_the_forget_loss(setup):
     # A random tiny model's logits are small (tied embeddings of std 0.02 times a normalized
     # residual), so its loss can fall by about a nat at most; it must fall clearly.
     assert log.forget[-1] < log.forget[0] - 0.3
-    assert len(log.total) == 15 and log.seconds > 0
+    assert len(log.total) == 15 and log.seconds > log.check_seconds > 0
+    # A tiny random model cannot reach P(new) >= .9: checked every 5 steps, it trains to the cap.
+    assert [c["step"] for c in log.checks] == [5, 10, 15] and log.steps == 15 and log.reached is False
+    assert all(c["shortfall"] > 0 and not c["complete"] for c in log.checks)
+
+
+def test_training_stops_once_the_edit_is_complete(setup):
+    """With a criterion this model can reach (P(new) >= .39, P(true) <= .33), training stops at the first check that meets it."""
+    model, task, localization, chunks = setup
+    config = TrainingConfig(learning_rate=1e-2, steps=12, forget_weight=5.0, batch_size=4, retain_batch_size=0,
+                            retain_length=16, retain_positions=4, check_every=2, min_p_new=0.39, max_p_true=0.33)
+    with restored(model, localization):
+        log = train_localized(model, localization, task, chunks, config, seed=0, progress=False)
+        final = completeness_check(model, task, config, log.steps)
+        metrics = training_format_metrics(model, task)  # forget_train is forget_eval in this task
+    assert log.reached is True and log.steps < config.steps and log.steps % config.check_every == 0
+    assert [c["step"] for c in log.checks] == list(range(2, log.steps + 1, 2))
+    assert not any(c["complete"] for c in log.checks[:-1])
+    last = log.checks[-1]
+    assert last["p_new"] >= 0.39 and last["p_true"] <= 0.33 and last["shortfall"] == 0
+    assert final["p_true"] == pytest.approx(last["p_true"], abs=1e-5)
+    assert final["p_true"] == pytest.approx(1 - metrics["forget_error"], abs=1e-5)
+    assert final["p_new"] == pytest.approx(metrics["edit_accuracy"], abs=1e-5)
+
+
+def test_a_criterion_met_at_the_first_check_stops_there_and_no_check_trains_to_the_cap(setup):
+    model, task, localization, chunks = setup
+    config = TrainingConfig(learning_rate=1e-3, steps=6, batch_size=4, retain_batch_size=0, retain_length=16,
+                            retain_positions=4, check_every=2, min_p_new=0.01, max_p_true=0.99)
+    with restored(model, localization):
+        stopped = train_localized(model, localization, task, chunks, config, seed=0, progress=False)
+    with restored(model, localization):
+        unchecked = train_localized(model, localization, task, chunks, replace(config, check_every=0), seed=0, progress=False)
+    assert stopped.steps == 2 and stopped.reached is True
+    assert unchecked.steps == 6 and unchecked.checks == [] and unchecked.reached is None and unchecked.check_seconds == 0
+    assert unchecked.forget[:2] == pytest.approx(stopped.forget)  # the same steps up to the stop
+
+
+def test_criterion_shortfall_is_zero_exactly_when_complete():
+    config = TrainingConfig()  # P(new) >= .9 and P(true) <= .1
+    assert criterion_shortfall(0.05, 0.95, config) == 0
+    assert criterion_shortfall(0.3, 0.95, config) == pytest.approx(0.2)
+    assert criterion_shortfall(0.3, 0.6, config) == pytest.approx(0.5)
+    assert criterion_shortfall(0.1, None, config) == 0 and criterion_shortfall(0.4, None, config) == pytest.approx(0.3)
 
 
 def logits_with_p_true(model, answer: str, p_true: Sequence[float]) -> torch.Tensor:
@@ -134,6 +180,8 @@ def test_bad_inputs(setup):
         TrainingConfig(learning_rate=2.0)
     with pytest.raises(ValueError, match="steps=0"):
         TrainingConfig(steps=0)
+    with pytest.raises(ValueError, match="check_every=-1, min_p_new=1.5, max_p_true=1.0"):
+        TrainingConfig(check_every=-1, min_p_new=1.5, max_p_true=1.0)
     with pytest.raises(ValueError, match="No parameter requires gradients"):
         train_localized(model, localization, task, chunks, TrainingConfig(steps=1), seed=0, progress=False)
     empty = type(task)(task.name, task.mode, task.forget_train.head(0), task.forget_eval, task.maintain_train,

@@ -32,7 +32,7 @@ def test_gpu_check_runs_tiny_on_a_cpu_without_the_book_packages(tmp_path, monkey
     assert {row["model"] for row in timing} == {"gemma-7b", "gemma-2-9b"} and len(timing) == 10
     assert all(row["seconds"] > 0 for row in timing)
     hours = {row["model"]: row for row in tables["gpu_hours"]}
-    assert hours["gemma-7b"]["sweep runs"] == 2 * 8 * 4 * 3 and hours["gemma-7b"]["grid runs"] == 8 * (3 + 3 + 3)
+    assert hours["gemma-7b"]["sweep runs"] == 2 * 8 * 4 * 3 and hours["gemma-7b"]["grid runs"] == 8 * (5 + 3 + 3)
     assert all(row["grid GPU-hours"] > 0 for row in hours.values())
 
 

@@ -39,6 +39,7 @@ def test_records_are_written_once_and_gathered(tiny_model, tmp_path, monkeypatch
     first = run_experiment(tiny_model, task, localization, chunks, CONFIG, seed=0, task_seed=0)
     assert first["localization"] == "mlp1" and len(first["curves"]["total"]) == 2 and first["versions"]["torch"]
     assert (first["weights_dtype"], first["trained_weights_dtype"]) == ("float32", "float32")
+    assert first["steps_taken"] == 2 and first["criterion_reached"] is False and first["curves"]["checks"][-1]["step"] == 2
     monkeypatch.setattr(records, "train_localized", refuse)
     assert run_experiment(tiny_model, task, localization, chunks, CONFIG, seed=0, task_seed=0) == first
     with pytest.raises(AssertionError, match="trained again"):

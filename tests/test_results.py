@@ -69,6 +69,7 @@ def headline_records() -> pd.DataFrame:
                 value = 0.1 * (i + 1) + 0.01 * seed
                 rows.append({
                     "task": task, "localization": localization, "seed": seed, "n_parameters": 100 * (i + 1),
+                    "criterion_reached": seed == 0,
                     "metrics_before.lettered_mcq_maintain_accuracy": 0.26, "metrics_before.cloze_mcq_maintain_accuracy": 0.6,
                     "metrics.forget_error": value, "metrics.maintain_accuracy": value, "metrics.edit_accuracy": value,
                     "metrics.paraphrase_edit_accuracy": value, "metrics.cloze_mcq_forget_error": value,
@@ -87,6 +88,7 @@ def test_headline_metrics_use_the_usable_mcq_format_and_average_probe_layers():
     metrics = headline_metrics(headline_records()).set_index(["task", "localization", "seed"])
     row = metrics.loc[("sports_athlete_edit", "causal_tracing", 1)]
     assert row.mcq_format == "cloze_mcq"  # lettered is at chance before editing: not the headline
+    assert metrics.criterion_reached.tolist() == [True, False] * 4
     assert row["MCQ edit accuracy"] == pytest.approx(0.21) and row["relearning error"] == pytest.approx(0.21)
     assert row[LATENT_HEADLINE] == pytest.approx((0.21 + 0.5) / 2)
     assert metrics.loc[("counterfact_edit", "fact_lookup", 0), LATENT_HEADLINE] != metrics.loc[("counterfact_edit", "fact_lookup", 0), LATENT_HEADLINE]

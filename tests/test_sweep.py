@@ -1,5 +1,7 @@
 """Hyper-parameter sweep: validation facts never evaluated, the selection rule as written, the grid."""
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
@@ -17,7 +19,6 @@ from helpers.sweep import (
     select,
     sweep,
     validation_and_evaluation_tasks,
-    validation_score,
 )
 from helpers.tasks import counterfact_edit, sports_athlete_edit
 
@@ -62,26 +63,38 @@ def test_counterfact_validation_holds_out_subjects():
     assert not set(validation.forget_eval.subject) & set(evaluated[0].forget_eval.subject)
 
 
-def test_score_is_the_mean_of_the_forget_side_and_maintain():
-    metrics = {"edit_accuracy": 0.8, "forget_error": 0.9, "maintain_accuracy": 0.6}
-    assert validation_score(metrics, "edit") == pytest.approx(0.7)
-    assert validation_score(metrics, "unlearn") == pytest.approx(0.75)
+def sweep_results(rows: list[tuple]) -> pd.DataFrame:
+    """Sweep rows (localization, learning rate, maintain accuracy, steps taken, criterion reached, shortfall)."""
+    frame = pd.DataFrame(rows, columns=["localization", "learning_rate", "maintain_accuracy", "steps_taken",
+                                        "criterion_reached", "shortfall"])
+    return frame.assign(forget_weight=1.0)
 
 
-def test_select_prefers_the_gentlest_configuration_among_near_ties():
-    results = pd.DataFrame({
-        "localization": ["a", "a", "a", "b", "b"],
-        "learning_rate": [1e-5, 3e-5, 1e-4, 1e-5, 1e-4],
-        "forget_weight": [1.0] * 5,
-        "score": [0.50, 0.795, 0.80, 0.9, 0.5],
-    })
+def test_select_takes_the_best_maintain_among_complete_edits_then_fewer_steps():
+    results = sweep_results([
+        ("a", 1e-5, 0.99, 50, False, 0.40),  # best maintain, but the edit is incomplete
+        ("a", 3e-5, 0.80, 20, True, 0.0),
+        ("a", 1e-4, 0.795, 10, True, 0.0),  # within .01 of the best complete one, and fewer steps
+        ("b", 1e-5, 0.90, 30, True, 0.0),
+        ("b", 1e-4, 0.70, 5, True, 0.0),  # fewer steps, but clearly worse maintain
+    ])
     chosen = select(results).set_index("localization")
-    assert chosen.loc["a", "learning_rate"] == 3e-5  # within .01 of the best, smaller
+    assert chosen.loc["a", "learning_rate"] == 1e-4 and chosen.loc["a", "criterion_reached"]
     assert chosen.loc["b", "learning_rate"] == 1e-5
     configs = chosen_configs(chosen.reset_index(), BASE)
-    assert configs["a"].learning_rate == 3e-5 and configs["a"].steps == BASE.steps
+    assert configs["a"].learning_rate == 1e-4 and configs["a"].steps == BASE.steps
     with pytest.raises(ValueError, match="No sweep results"):
         select(results.iloc[:0])
+
+
+def test_select_falls_back_to_the_closest_edit_and_flags_it():
+    results = sweep_results([
+        ("a", 1e-5, 0.99, 50, False, 0.60),
+        ("a", 3e-5, 0.70, 50, False, 0.10),  # closest to the criterion
+        ("a", 1e-4, 0.95, 50, False, 0.30),
+    ])
+    chosen = select(results).iloc[0]
+    assert chosen.learning_rate == 3e-5 and not chosen.criterion_reached and chosen.shortfall == 0.10
 
 
 def test_sweep_grid_needs_values_and_checks_ranges():
@@ -97,7 +110,8 @@ def test_sweep_records_are_validation_and_the_grid_runs_every_cell(tiny_model, t
     locs = [Localization.build(f"mlp{l}", tiny_model, [Component("mlp", l)], "test") for l in (0, 1)]
     chunks = retain_chunks(tiny_model, ["The river flows slowly through the green valley. " * 20], 16)
     results = sweep(tiny_model, validation, locs, chunks, BASE, SweepGrid((1e-4, 1e-3)), seed=0, progress=False)
-    assert len(results) == 4 and results.score.between(0, 1).all()
+    assert len(results) == 4 and results.maintain_accuracy.between(0, 1).all()
+    assert (results.steps_taken == BASE.steps).all() and not results.criterion_reached.any() and (results.shortfall > 0).all()
     chosen = select(results)
     assert save_choices(chosen, tiny_model.name, validation.name).exists()
     runs = plan_runs(evaluated, locs, chosen_configs(chosen, BASE))
@@ -107,5 +121,8 @@ def test_sweep_records_are_validation_and_the_grid_runs_every_cell(tiny_model, t
     assert len(load_records()) == 4 and len(load_records(purpose="validation")) == 4
     assert sorted(load_grid(tiny_model.name).key) == sorted(grid.key)
     assert load_choices(tiny_model.name, validation.name).localization.tolist() == chosen.localization.tolist()
+    assert set(load_choices(tiny_model.name, validation.name).columns) >= {"steps_taken", "criterion_reached", "shortfall"}
     with pytest.raises(ValueError, match="No training config"):
         plan_runs(evaluated, locs, {})
+    with pytest.raises(ValueError, match="check_every must be at least 1"):
+        sweep(tiny_model, validation, locs, chunks, replace(BASE, check_every=0), SweepGrid((1e-4,)), seed=0, progress=False)

@@ -4,20 +4,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.verdicts import CLAIMS, VERDICT_COLOURS, Claim, claim_named, paired_differences, styled_verdicts, verdict, verdict_table
+from helpers.verdicts import (
+    CLAIMS,
+    VERDICT_COLOURS,
+    Claim,
+    claim_named,
+    paired_differences,
+    styled_verdicts,
+    tally,
+    verdict,
+    verdict_table,
+)
 
 
-def metrics_with(differences: list[float], metric: str = "MCQ edit accuracy") -> pd.DataFrame:
+def metrics_with(differences: list[float], metric: str = "MCQ edit accuracy", task: str = "t") -> pd.DataFrame:
     """Fact lookup at 0.5 + difference and causal tracing at 0.5, one pair per seed, plus noise shared by the pair."""
     rows = []
     for seed, difference in enumerate(differences):
         shared = 0.1 * np.sin(seed)  # a seed effect common to both localizations cancels in the paired difference
-        rows.append({"task": "t", "localization": "fact_lookup", "seed": seed, metric: 0.5 + shared + difference})
-        rows.append({"task": "t", "localization": "causal_tracing", "seed": seed, metric: 0.5 + shared})
+        rows.append({"task": task, "localization": "fact_lookup", "seed": seed, metric: 0.5 + shared + difference,
+                     "criterion_reached": True})
+        rows.append({"task": task, "localization": "causal_tracing", "seed": seed, metric: 0.5 + shared,
+                     "criterion_reached": True})
     return pd.DataFrame(rows)
 
 
-CLAIM = Claim("format", "FLU is better", "MCQ edit accuracy", True, ("causal_tracing",))
+CLAIM = Claim("format", "FLU is better", "MCQ edit accuracy", True, ("t",), ("causal_tracing",))
 
 
 @pytest.mark.parametrize(("differences", "expected"), [
@@ -30,6 +42,40 @@ def test_verdict_from_the_interval(differences, expected):
     table = verdict_table(metrics_with(differences), (CLAIM,))
     assert table.verdict.tolist() == [expected]
     assert table["difference (favouring FLU)"].iloc[0] == pytest.approx(np.mean(differences))
+
+
+def test_an_incomplete_edit_on_either_side_gives_no_verdict():
+    metrics = metrics_with([0.30, 0.32, 0.31])
+    metrics.loc[(metrics.localization == "causal_tracing") & (metrics.seed == 1), "criterion_reached"] = False
+    row = verdict_table(metrics, (CLAIM,)).iloc[0]
+    assert row.verdict == "edit incomplete" and row["complete pairs"] == 2 and np.isnan(row.p)
+    assert row.uncorrected == "reproduced"  # the interval alone would have said so
+
+
+def test_claims_count_as_reproductions_only_on_the_paper_tasks():
+    metrics = pd.concat([metrics_with([0.30, 0.32, 0.31], task="t"), metrics_with([0.30, 0.32, 0.31], task="u")])
+    table = verdict_table(metrics, (CLAIM,)).set_index("task")
+    assert table.loc["t", "test"] == "reproduction" and table.loc["u", "test"] == "new test"
+    counts = tally(table.reset_index())
+    assert counts.comparisons.tolist() == [1] and counts["both edits complete"].tolist() == [1]
+    assert counts.reproduced.tolist() == [1]
+    paper = {c.name: c.paper_tasks for c in CLAIMS}
+    assert paper["relearning"] == ("sports_athlete_edit",) and "sports_sport_edit" in paper["format"]
+
+
+def test_holm_correction_can_turn_a_reproduction_inconclusive():
+    """Alone, a difference with p ~ .04 is reproduced; with a second, equal comparison in the family, Holm
+    doubles the first p-value and keeps the second at that value (non-decreasing): both become inconclusive."""
+    claim = Claim("format", "FLU is better", "MCQ edit accuracy", True, ("t",), ("causal_tracing", "random_mlps"))
+    first = [0.13, 0.20, 0.27]  # the paired t-test against 0 gives p ~ .04
+    metrics = metrics_with(first)
+    p_first = verdict_table(metrics, (claim,)).p.iloc[0]
+    assert 0.025 < p_first < 0.05 and verdict_table(metrics, (claim,)).verdict.iloc[0] == "reproduced"
+    second = metrics[metrics.localization == "causal_tracing"].assign(localization="random_mlps")
+    both = verdict_table(pd.concat([metrics, second]), (claim,))
+    assert both.p.tolist() == pytest.approx([p_first, p_first])
+    assert both["p (Holm)"].tolist() == pytest.approx([2 * p_first, 2 * p_first])
+    assert both.verdict.tolist() == ["inconclusive", "inconclusive"] and both.uncorrected.tolist() == ["reproduced"] * 2
 
 
 def test_lower_is_better_flips_the_sign():
@@ -49,6 +95,8 @@ def test_unmeasured_comparisons_are_left_out_and_bad_input_is_refused():
     assert verdict_table(metrics, (CLAIM,)).empty
     with pytest.raises(ValueError, match="lack the columns"):
         verdict_table(metrics.drop(columns="MCQ edit accuracy"), (CLAIM,))
+    with pytest.raises(ValueError, match="criterion_reached"):
+        verdict_table(metrics.drop(columns="criterion_reached"), (CLAIM,))
 
 
 def test_the_table_shows_the_parameter_ratio_when_known():
