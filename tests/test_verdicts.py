@@ -4,7 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers.verdicts import CLAIMS, VERDICT_COLOURS, Claim, claim_named, paired_differences, styled_verdicts, verdict, verdict_table
+from helpers.verdicts import (
+    CLAIMS, UNINFORMATIVE, VERDICT_COLOURS, Claim, claim_named, flag_uninformative_attacks, paired_differences,
+    styled_verdicts, verdict, verdict_table,
+)
 
 
 def metrics_with(differences: list[float], metric: str = "MCQ edit accuracy") -> pd.DataFrame:
@@ -62,3 +65,20 @@ def test_claims_by_name_and_the_coloured_table():
         claim_named("speed")
     html = styled_verdicts(verdict_table(metrics_with([0.30, 0.32, 0.31]), (CLAIM,))).to_html()
     assert VERDICT_COLOURS["reproduced"] in html and "statement" not in html
+
+
+def test_relearning_verdicts_need_informative_attacks_on_both_sides():
+    metrics = pd.concat([metrics_with([0.30, 0.32, 0.31], "relearning error"),
+                         metrics_with([0.30, 0.32, 0.31])[["MCQ edit accuracy"]]], axis=1)
+    claims = (Claim("relearning", "FLU resists", "relearning error", True, ("causal_tracing",)), CLAIM)
+    table = verdict_table(metrics, claims)
+    fits = metrics[["task", "localization", "seed"]].assign(attack="lora", informative=True)
+    kept = flag_uninformative_attacks(table, fits, "lora")
+    assert kept.verdict.tolist() == ["reproduced", "reproduced"]
+    assert kept["attack informative"].iloc[0] == "6/6" and pd.isna(kept["attack informative"].iloc[1])
+    fits.loc[(fits.localization == "causal_tracing") & (fits.seed == 1), "informative"] = False
+    flagged = flag_uninformative_attacks(table, fits, "lora")
+    assert flagged.verdict.tolist() == [UNINFORMATIVE, "reproduced"] and flagged["attack informative"].iloc[0] == "5/6"
+    assert table.verdict.tolist() == ["reproduced", "reproduced"]  # the input is not changed
+    # No fits of that attack: nothing shows that it worked.
+    assert flag_uninformative_attacks(table, fits, "full").verdict.tolist() == [UNINFORMATIVE, "reproduced"]
