@@ -8,12 +8,24 @@ At the cpu profile's scale, on the embedded model, in float32 and seeded:
    (a short output-tracing edit, as in chapter 04);
 3. the soft-prompt attack (``helpers/soft_prompt.py``) for every ``--steps`` x ``--learning-rates``
    setting on the edited model: mean P(true) on the half it trains on and on the held-out half,
-   before and after, and whether the attack was informative (``helpers.relearning.is_informative``:
-   P(true) on the trained half up by at least ``INFORMATIVE_MARGIN``).
+   with the plain prompt, the untrained random prefix and the trained prefix, and whether the
+   attack was informative (``helpers.relearning.is_informative``: P(true) on the trained half up
+   from the random start by at least ``INFORMATIVE_MARGIN``).
 
 Prints one table (and JSON with ``--json``). The chosen setting goes into profiles/cpu.yaml.
+About 8 CPU-minutes with ``--steps 6 20`` (measured before the random start was added to the
+table, 2 cores under load, seed 0, 8 athletes, causal tracing's localization attn 3, 10, 11,
+12, 15 and MLP 4, 6, 7; P(true), trained half / held-out half):
 
-    MECHUNLEARN_CACHE=/tmp/c MECHUNLEARN_RESULTS=/tmp/r nice -n 19 .venv/bin/python scripts/tune_soft_prompt.py
+    learning rate  steps  plain prompt   trained prefix
+    1e-3           6      .0002 / .0007  .32 / .27
+    1e-3           20     .0002 / .0007  .50 / .25
+    1e-2           6      .0002 / .0007  .77 / .17
+    1e-2           20     .0002 / .0007  .98 / .16
+    3e-2           6      .0002 / .0007  .28 / .41
+    3e-2           20     .0002 / .0007  .31 / .26
+
+    MECHUNLEARN_CACHE=/tmp/c MECHUNLEARN_RESULTS=/tmp/r nice -n 19 .venv/bin/python scripts/tune_soft_prompt.py --steps 6 20
 """
 
 from __future__ import annotations
@@ -55,9 +67,9 @@ def traced_localization(model, known: pd.DataFrame, n_prompts: int, seed: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--candidates", type=int, default=200, help="athletes scored for the known set")
+    parser.add_argument("--candidates", type=int, default=300, help="athletes scored for the known set")
     parser.add_argument("--trace-prompts", type=int, default=6)
-    parser.add_argument("--facts", type=int, default=16, help="athletes edited, as in the cpu profile (half trains the soft prompt)")
+    parser.add_argument("--facts", type=int, default=8, help="athletes edited (half trains the soft prompt)")
     parser.add_argument("--edit-steps", type=int, default=12)
     parser.add_argument("--edit-learning-rate", type=float, default=1e-4)
     parser.add_argument("--vectors", type=int, default=4)
