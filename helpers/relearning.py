@@ -22,6 +22,16 @@ train/eval mode are put back as well, so an attack can run inside ``restored(...
 
 For CounterFact the attack relearns toward ``target_true``; the authors' code trained toward
 ``target_new`` by mistake.
+
+**An attack is read only if it worked where it trained** (:func:`is_informative`): a held-out
+P(true) that did not rise says nothing about the edit unless the attack raised P(true) on the
+half it trained on. The rule: mean P(true) on the trained half after the attack must exceed
+its value at the attack's start by at least :data:`INFORMATIVE_MARGIN` (0.05, absolute).
+Otherwise the attack is *uninformative*, whatever its held-out number. The start of a
+relearning attack is the edited model itself (step 0; LoRA starts at zero); the soft prompt
+(:mod:`helpers.soft_prompt`) starts from a random prefix. An edit that left P(true) on the
+trained half above ``1 - INFORMATIVE_MARGIN`` leaves no room to rise: its attacks are
+uninformative too.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from helpers.records import answer_probabilities
 from helpers.tasks import EditTask
 
 ATTACKS = ("lora", "full")
+INFORMATIVE_MARGIN = 0.05  # an attack must raise mean P(true) on its trained half by at least this much
 
 
 @dataclass(frozen=True)
@@ -171,6 +182,25 @@ def mean_p_true(model: LoadedModel, frames: Sequence[pd.DataFrame], candidates: 
     together = pd.concat(frames, ignore_index=True)
     p_true = answer_probabilities(model, together, together.true.tolist(), candidates)
     return [float(part.mean()) for part in np.split(p_true, np.cumsum([len(f) for f in frames])[:-1])]
+
+
+def is_informative(train_start: float, train_after: float, margin: float = INFORMATIVE_MARGIN) -> bool:
+    """The written rule: training raised mean P(true) on the trained half from its start by at least ``margin``."""
+    if not 0 < margin < 1:
+        raise ValueError(f"margin must lie in (0, 1), got {margin}")
+    values = {"train_start": train_start, "train_after": train_after}
+    bad = [f"{name}={value}" for name, value in values.items() if not 0 <= value <= 1]  # NaN fails too
+    if bad:
+        raise ValueError(f"P(true) must lie in [0, 1], got {', '.join(bad)}")
+    return train_after - train_start >= margin
+
+
+def attack_fit(curve: pd.DataFrame) -> dict[str, float | bool]:
+    """A relearning curve's fit: P(true) on the trained and the held-out half, before and after; informative or not."""
+    first, last = curve.iloc[0], curve.iloc[-1]
+    fit = {"train_p_true_before": float(first.p_true_learned), "train_p_true_after": float(last.p_true_learned),
+           "p_true_before": float(first.p_true), "p_true_after": float(last.p_true)}
+    return fit | {"informative": is_informative(fit["train_p_true_before"], fit["train_p_true_after"])}
 
 
 def _train(

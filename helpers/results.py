@@ -15,6 +15,7 @@ import pandas as pd
 
 from helpers.formats import MCQ_FORMATS
 from helpers.prompts import SPORT_ANSWERS
+from helpers.relearning import ATTACKS, attack_fit, is_informative
 
 RUN_COLUMNS = ["task", "localization", "seed"]
 # Multiple-choice questions list the true answer and three wrong ones in both data sets.
@@ -81,6 +82,42 @@ def relearning_curves(records: pd.DataFrame, attack: str) -> pd.DataFrame:
         for point in curve
     ]
     return pd.DataFrame(rows)
+
+
+SOFT_PROMPT = "soft_prompt"
+FIT_COLUMNS = ["train_p_true_before", "train_p_true_start", "train_p_true_after", "p_true_before", "p_true_start", "p_true_after"]
+
+
+def attack_fits(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and attack (``lora``, ``full``, ``soft_prompt``, those the records hold): how it fitted.
+
+    Mean P(true) on the half the attack trained on (``train_...``) and on the held-out half:
+    right after the edit (``..._before``), at the attack's start (``..._start``: the edited model
+    for relearning, the untrained random prefix for the soft prompt) and after the attack
+    (``..._after``); and ``informative`` (:func:`helpers.relearning.is_informative`, start to after
+    on the trained half, recomputed from the stored numbers).
+    """
+    _check(records, [])
+    runs = [dict(zip(RUN_COLUMNS, run)) for run in records[RUN_COLUMNS].itertuples(index=False)]
+    rows = []
+    for attack in ATTACKS:
+        column = f"attacks.relearn_{attack}"
+        if column in records:
+            for run, curve in zip(runs, records[column]):
+                if isinstance(curve, list):
+                    fit = attack_fit(pd.DataFrame(curve))
+                    start = {"train_p_true_start": fit["train_p_true_before"], "p_true_start": fit["p_true_before"]}
+                    rows.append({**run, "attack": attack, **fit, **start})
+    soft = [f"attacks.soft_prompt_{name}" for name in FIT_COLUMNS]
+    if all(column in records for column in soft):
+        for run, values in zip(runs, records[soft].itertuples(index=False)):
+            fit = dict(zip(FIT_COLUMNS, map(float, values)))
+            if not any(pd.isna(v) for v in fit.values()):
+                informative = is_informative(fit["train_p_true_start"], fit["train_p_true_after"])
+                rows.append({**run, "attack": SOFT_PROMPT, **fit, "informative": informative})
+    if not rows:
+        raise ValueError("No attack results in the records (notebook 04's grid writes them)")
+    return pd.DataFrame(rows)[[*RUN_COLUMNS, "attack", *FIT_COLUMNS, "informative"]]
 
 
 def latent_by_layer(records: pd.DataFrame) -> pd.DataFrame:

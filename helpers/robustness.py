@@ -31,7 +31,7 @@ from helpers.mmlu import mmlu_accuracy
 from helpers.models import LoadedModel
 from helpers.precision import Precision, check_precision, resolved
 from helpers.records import Measurements
-from helpers.relearning import ATTACKS, RelearnConfig, relearn
+from helpers.relearning import ATTACKS, RelearnConfig, attack_fit, relearn
 from helpers.reuse import edited_start, reusing
 from helpers.soft_prompt import SoftPromptConfig, soft_prompt_attack
 from helpers.tasks import EditTask
@@ -106,7 +106,12 @@ class Robustness:
             self._original_states[task.fingerprint()] = task_states(model, task, batch_size=self.settings.batch_size)
 
     def attack(self, model: LoadedModel, task: EditTask, localization: Localization) -> dict:
-        """Relearning curves and final errors, the soft-prompt attack, and the latent probe shares."""
+        """Relearning curves, final errors and fits, the soft-prompt attack, and the latent probe shares.
+
+        Each relearning attack also gives ``relearn_{attack}_train_p_true_before/after`` (the half
+        it trained on), ``relearn_{attack}_p_true_before/after`` (the held-out half) and
+        ``relearn_{attack}_informative`` (:func:`helpers.relearning.is_informative`).
+        """
         s = self.settings
         results: dict = {}
         for name in s.relearn_attacks:
@@ -115,6 +120,7 @@ class Robustness:
                 curve = relearn(model, task, localization, self.retain_chunks, s.relearn, attack=name, seed=s.seed, progress=False)
             results[f"relearn_{name}"] = curve.to_dict(orient="records")
             results[f"relearn_error_{name}"] = float(curve.relearn_error.iloc[-1])
+            results |= {f"relearn_{name}_{key}": value for key, value in attack_fit(curve).items()}
         if s.soft_prompt is not None:
             results |= soft_prompt_attack(model, task, s.soft_prompt, seed=s.seed, progress=False)
         if s.latent_probes and is_sports(task):

@@ -3,7 +3,8 @@
 ``n_vectors`` free embedding vectors are inserted between BOS and the fact prompt's tokens
 and trained with Adam, all model weights frozen, to maximize log P(true) on the relearned
 half of the forget set (:func:`helpers.relearning.relearning_split`); P(true) is measured on
-the held-out half, before (no prefix) and after. Probabilities follow the task's convention:
+the held-out half, before (no prefix), at the prefix's random start and after training.
+Probabilities follow the task's convention:
 renormalized over the candidate answers for sports, over the full vocabulary for
 CounterFact; the training objective is the log of that same probability.
 
@@ -12,6 +13,13 @@ embedding module: Gemma3 multiplies token embeddings by sqrt(d_model) there, and
 ``inputs_embeds`` as given. Each vector is trained in units of the mean token-embedding norm
 (so one learning rate suits any model) and projected after every step to a norm of at most
 ``max_norm`` such units.
+
+Whether the attack is read at all follows :func:`helpers.relearning.is_informative`, applied to
+what the *training* did: mean P(true) on the trained half with the trained prefix must exceed
+its value with the untrained random start by at least ``INFORMATIVE_MARGIN``. The start is the
+baseline, not the plain prompt, because a random prefix alone can move P(true) (it shifts
+every position of an edit tuned on the plain prompt): an attack that barely left its start
+would otherwise pass for one that worked.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from tqdm.auto import tqdm
 
 from helpers.models import LoadedModel
 from helpers.precision import CHOICES, Precision
-from helpers.relearning import mean_p_true, preserved_flags, relearning_split
+from helpers.relearning import is_informative, mean_p_true, preserved_flags, relearning_split
 from helpers.scoring import final_hidden, first_token_ids, unembed
 from helpers.tasks import EditTask
 
@@ -114,6 +122,13 @@ def prefixed_p_true(
     return float(torch.cat(log_probs).exp().mean())
 
 
+def initial_units(model: LoadedModel, config: SoftPromptConfig, seed: int) -> torch.Tensor:
+    """The prefix's random start (seeded), in units of the mean token-embedding norm: each vector of norm min(1, max_norm)."""
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randn(config.n_vectors, model.hf_model.config.get_text_config().hidden_size, generator=generator)
+    return (start / start.norm(dim=-1, keepdim=True) * min(1.0, config.max_norm)).to(model.device)
+
+
 def train_soft_prompt(
     model: LoadedModel, frame: pd.DataFrame, candidates: tuple[str, ...] | None, config: SoftPromptConfig,
     *, seed: int, progress: bool = True,
@@ -122,10 +137,8 @@ def train_soft_prompt(
     if frame.empty:
         raise ValueError("No facts to train the soft prompt on")
     scale = mean_embedding_norm(model)
-    generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    start = torch.randn(config.n_vectors, model.hf_model.config.get_text_config().hidden_size, generator=generator)
-    units = (start / start.norm(dim=-1, keepdim=True) * min(1.0, config.max_norm)).to(model.device).requires_grad_(True)
+    units = initial_units(model, config, seed).requires_grad_(True)
     optimizer = torch.optim.Adam([units], lr=config.learning_rate)
     with preserved_flags(model):
         model.hf_model.eval()
@@ -150,18 +163,27 @@ def soft_prompt_attack(
 ) -> dict[str, float]:
     """Train a soft prompt on the relearned half of the forget set; P(true) before and after.
 
-    ``..._before`` is the plain fact prompt; ``..._after`` has the trained prefix. The held-out
-    half gives ``soft_prompt_p_true_*`` and ``soft_prompt_error`` (1 - P(true) after); the
-    trained half gives ``soft_prompt_train_p_true_*``.
+    ``..._before`` is the plain fact prompt, ``..._start`` has the untrained random prefix and
+    ``..._after`` the trained one. The held-out half gives ``soft_prompt_p_true_*`` and
+    ``soft_prompt_error`` (1 - P(true) after); the trained half gives ``soft_prompt_train_p_true_*``.
+    ``soft_prompt_informative`` applies :func:`helpers.relearning.is_informative` to the trained
+    half, from the start to after training: only then does the held-out number say anything
+    about the edit.
     """
     learned, held_out = relearning_split(task, seed)
     prefix = train_soft_prompt(model, learned, task.candidates, config, seed=seed, progress=progress)
-    after = prefixed_p_true(model, held_out, task.candidates, prefix, config.batch_size)
+    start = initial_units(model, config, seed) * mean_embedding_norm(model)
     before, train_before = mean_p_true(model, (held_out, learned), task.candidates)
+    fit = {name: prefixed_p_true(model, half, task.candidates, vectors, config.batch_size)
+           for name, half, vectors in (("start", held_out, start), ("train_start", learned, start),
+                                       ("after", held_out, prefix), ("train_after", learned, prefix))}
     return {
         "soft_prompt_p_true_before": before,
-        "soft_prompt_p_true_after": after,
-        "soft_prompt_error": 1 - after,
+        "soft_prompt_p_true_start": fit["start"],
+        "soft_prompt_p_true_after": fit["after"],
+        "soft_prompt_error": 1 - fit["after"],
         "soft_prompt_train_p_true_before": train_before,
-        "soft_prompt_train_p_true_after": prefixed_p_true(model, learned, task.candidates, prefix, config.batch_size),
+        "soft_prompt_train_p_true_start": fit["train_start"],
+        "soft_prompt_train_p_true_after": fit["train_after"],
+        "soft_prompt_informative": is_informative(fit["train_start"], fit["train_after"]),
     }

@@ -69,8 +69,9 @@ CLAIMS = (
           "editing all MLPs or the whole model", "MCQ edit accuracy", True, ALL_TASKS, ("all_mlps", "nonlocalized"),
           margin=0.05),
 )
-VERDICTS = ("reproduced", "not reproduced", "inconclusive", "inconclusive (one seed)", "edit incomplete")
-VERDICT_COLOURS = dict(zip(VERDICTS, ("#d9f2d9", "#f8d7da", "#fff3cd", "#eeeeee", "#e2e3f3")))
+UNINFORMATIVE = "attack uninformative"  # a relearning attack that did not fit its own trained half (flag_uninformative_attacks)
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", "inconclusive (one seed)", "edit incomplete", UNINFORMATIVE)
+VERDICT_COLOURS = dict(zip(VERDICTS, ("#d9f2d9", "#f8d7da", "#fff3cd", "#eeeeee", "#e2e3f3", "#e8e8e8")))
 
 
 def claim_named(name: str) -> Claim:
@@ -204,3 +205,31 @@ def styled_verdicts(table: pd.DataFrame):
     return (shown.style.format(precision=3, na_rep="–")
             .map(_colour, subset=["verdict", "uncorrected"])
             .hide(axis="index"))
+
+
+# A relearning verdict needs attacks that worked where they trained (helpers.relearning.is_informative).
+RELEARNING_METRIC = "relearning error"
+
+
+def flag_uninformative_attacks(table: pd.DataFrame, fits: pd.DataFrame, attack: str) -> pd.DataFrame:
+    """``table`` (:func:`verdict_table`) with its relearning rows checked against the ``attack``'s fits.
+
+    ``fits`` is :func:`helpers.results.attack_fits` output. Column ``attack informative`` counts
+    the runs of both localizations in which the attack raised P(true) on its trained half; unless
+    it did in every one, the row's verdict becomes ``"attack uninformative"``: a relearning error
+    that did not fall says nothing about the edit when the attack did not fit its own half either.
+    """
+    table = table.copy()
+    rows = table.metric == RELEARNING_METRIC
+    if not rows.any():
+        return table
+    fits = fits[fits.attack == attack]
+    counts = []
+    for index in table.index[rows]:
+        row = table.loc[index]
+        sides = fits[(fits.task == row.task) & fits.localization.isin([REFERENCE, row["compared with"]])]
+        counts.append(f"{int(sides.informative.sum())}/{len(sides)}")
+        if sides.empty or not sides.informative.all():
+            table.loc[index, "verdict"] = UNINFORMATIVE
+    table.loc[rows, "attack informative"] = counts
+    return table

@@ -12,7 +12,9 @@ from helpers.localization import Component, Localization, named_weights
 from helpers.models import EMBEDDED_ARCHITECTURE_ID, LoadedModel
 from helpers.prompts import SPORTS
 from helpers.records import answer_probabilities
-from helpers.relearning import RelearnConfig, lora_adapter, relearn, relearning_split
+from helpers.relearning import (
+    INFORMATIVE_MARGIN, RelearnConfig, attack_fit, is_informative, lora_adapter, relearn, relearning_split,
+)
 from helpers.soft_prompt import SoftPromptConfig, soft_prompt_attack
 from helpers.tasks import counterfact_edit, sports_athlete_edit, sports_sport_edit
 from tests.conftest import tiny_gemma_config
@@ -173,6 +175,32 @@ def test_relearning_raises_p_true_on_the_learned_half(lively_model, attack, lear
     assert list(curve.step) == [0, 5, 10] and curve.loss.isna().iloc[0]
     assert curve.loss.iloc[-1] < curve.loss.iloc[1]
     assert curve.p_true_learned.iloc[-1] > curve.p_true_learned.iloc[0] + 0.2
+    fit = attack_fit(curve)
+    assert fit["informative"] is True
+    assert (fit["train_p_true_before"], fit["train_p_true_after"]) == (curve.p_true_learned.iloc[0], curve.p_true_learned.iloc[-1])
+    assert (fit["p_true_before"], fit["p_true_after"]) == (curve.p_true.iloc[0], curve.p_true.iloc[-1])
+
+
+@pytest.mark.parametrize("attack", ["lora", "full"])
+def test_an_attack_that_cannot_move_is_uninformative(lively_model, attack):
+    model, task, localization, chunks = make_setup(lively_model)
+    config = RelearnConfig(steps=2, eval_every=2, learning_rate=1e-9, lora_rank=4, batch_size=4, retain_batch_size=0)
+    fit = attack_fit(relearn(model, task, localization, chunks, config, attack=attack, seed=0, progress=False))
+    assert abs(fit["train_p_true_after"] - fit["train_p_true_before"]) < 1e-3
+    assert fit["informative"] is False
+
+
+def test_the_informative_rule():
+    assert is_informative(0.10, 0.10 + INFORMATIVE_MARGIN + 1e-9)
+    assert not is_informative(0.10, 0.10 + INFORMATIVE_MARGIN - 1e-3)
+    assert not is_informative(0.60, 0.20)  # a fall is no fit
+    assert is_informative(0.5, 0.625, margin=0.1) and not is_informative(0.5, 0.59, margin=0.1)
+    with pytest.raises(ValueError, match="margin must lie in"):
+        is_informative(0.1, 0.9, margin=0)
+    with pytest.raises(ValueError, match="train_after=1.5"):
+        is_informative(0.1, 1.5)
+    with pytest.raises(ValueError, match="train_start=nan"):
+        is_informative(float("nan"), 0.5)
 
 
 def test_bad_inputs(setup):

@@ -4,7 +4,9 @@ import pandas as pd
 import pytest
 
 from helpers.results import (
+    FIT_COLUMNS,
     LATENT_HEADLINE,
+    attack_fits,
     format_metrics_long,
     headline_mcq_format,
     headline_metrics,
@@ -103,3 +105,23 @@ def test_headline_mcq_format_prefers_lettered_when_usable():
 def test_relearning_before_after_takes_the_first_and_last_step():
     ends = relearning_before_after(headline_records(), "lora")
     assert set(ends.when) == {"before the attack", "after the attack"} and len(ends) == 16
+
+
+def test_attack_fits_read_both_halves_of_each_attack():
+    curve = [{"step": 0, "p_true": 0.1, "p_true_learned": 0.2}, {"step": 5, "p_true": 0.3, "p_true_learned": 0.6}]
+    flat = [{"step": 0, "p_true": 0.1, "p_true_learned": 0.2}, {"step": 5, "p_true": 0.1, "p_true_learned": 0.22}]
+    records = pd.DataFrame({
+        "task": ["t", "t"], "localization": ["fact_lookup", "causal_tracing"], "seed": [0, 0],
+        "attacks.relearn_lora": [curve, flat],
+        # The soft prompt is judged from its random start: a start that already raised P(true) is no fit.
+        "attacks.soft_prompt_train_p_true_before": [0.2, 0.2], "attacks.soft_prompt_train_p_true_start": [0.3, 0.5],
+        "attacks.soft_prompt_train_p_true_after": [0.9, 0.52], "attacks.soft_prompt_p_true_before": [0.1, 0.1],
+        "attacks.soft_prompt_p_true_start": [0.2, 0.4], "attacks.soft_prompt_p_true_after": [0.4, 0.1],
+    })
+    fits = attack_fits(records).set_index(["attack", "localization"])
+    assert fits.loc[("lora", "fact_lookup")][FIT_COLUMNS].tolist() == [0.2, 0.2, 0.6, 0.1, 0.1, 0.3]
+    assert fits.loc[("soft_prompt", "causal_tracing")][FIT_COLUMNS].tolist() == [0.2, 0.5, 0.52, 0.1, 0.4, 0.1]
+    assert fits.informative.to_dict() == {("lora", "fact_lookup"): True, ("lora", "causal_tracing"): False,
+                                         ("soft_prompt", "fact_lookup"): True, ("soft_prompt", "causal_tracing"): False}
+    with pytest.raises(ValueError, match="No attack results"):
+        attack_fits(records[["task", "localization", "seed"]])

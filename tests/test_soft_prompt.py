@@ -13,6 +13,7 @@ from helpers.records import answer_probabilities
 from helpers.relearning import relearning_split
 from helpers.soft_prompt import (
     SoftPromptConfig,
+    initial_units,
     mean_embedding_norm,
     prefixed_logits,
     prefixed_p_true,
@@ -103,6 +104,24 @@ def test_the_attack_raises_p_true_when_one_sport_is_the_answer(gemma_tokenizer):
     assert result["soft_prompt_error"] == pytest.approx(1 - result["soft_prompt_p_true_after"])
     assert result["soft_prompt_train_p_true_after"] > result["soft_prompt_train_p_true_before"] + 0.3
     assert result["soft_prompt_p_true_after"] > result["soft_prompt_p_true_before"] + 0.3
+    assert result["soft_prompt_informative"] is True
+    # The trained half's numbers are those of the plain and the prefixed prompts on that half.
+    learned, _ = relearning_split(task, seed=0)
+    plain = answer_probabilities(model, learned, learned.true.tolist(), task.candidates).mean()
+    assert result["soft_prompt_train_p_true_before"] == pytest.approx(plain)
+
+
+def test_a_prefix_that_stays_at_its_random_start_is_uninformative(task, gemma_tokenizer):
+    model = fresh_tiny(gemma_tokenizer, initializer_range=0.1)
+    config = SoftPromptConfig(n_vectors=2, steps=1, learning_rate=1e-6)  # training barely moves the prefix
+    result = soft_prompt_attack(model, task, config, seed=0, progress=False)
+    assert result["soft_prompt_train_p_true_after"] == pytest.approx(result["soft_prompt_train_p_true_start"], abs=1e-3)
+    assert result["soft_prompt_p_true_after"] == pytest.approx(result["soft_prompt_p_true_start"], abs=1e-3)
+    assert result["soft_prompt_informative"] is False
+    # The start is the seeded random prefix, whatever it does to P(true) by itself.
+    start = initial_units(model, config, seed=0) * mean_embedding_norm(model)
+    learned, _ = relearning_split(task, seed=0)
+    assert prefixed_p_true(model, learned, task.candidates, start) == pytest.approx(result["soft_prompt_train_p_true_start"])
 
 
 def test_bad_inputs(tiny_model, task):
@@ -110,6 +129,8 @@ def test_bad_inputs(tiny_model, task):
         SoftPromptConfig(n_vectors=0)
     with pytest.raises(ValueError, match="max_norm=0, steps=0"):
         SoftPromptConfig(max_norm=0, steps=0)
+    with pytest.raises(ValueError, match="learning_rate=0, batch_size=0"):
+        SoftPromptConfig(learning_rate=0, batch_size=0)
     with pytest.raises(ValueError, match="No facts"):
         train_soft_prompt(tiny_model, task.forget_train.head(0), task.candidates, SoftPromptConfig(), seed=0)
     one = type(task)(task.name, task.mode, task.forget_train.head(1), task.forget_eval.head(1), task.maintain_train,

@@ -6,9 +6,11 @@ import pytest
 
 from helpers.verdicts import (
     CLAIMS,
+    UNINFORMATIVE,
     VERDICT_COLOURS,
     Claim,
     claim_named,
+    flag_uninformative_attacks,
     paired_differences,
     styled_verdicts,
     tally,
@@ -110,3 +112,29 @@ def test_claims_by_name_and_the_coloured_table():
         claim_named("speed")
     html = styled_verdicts(verdict_table(metrics_with([0.30, 0.32, 0.31]), (CLAIM,))).to_html()
     assert VERDICT_COLOURS["reproduced"] in html and "statement" not in html
+
+
+def test_relearning_verdicts_need_informative_attacks_on_both_sides():
+    metrics = pd.concat([metrics_with([0.30, 0.32, 0.31], "relearning error"),
+                         metrics_with([0.30, 0.32, 0.31])[["MCQ edit accuracy"]]], axis=1)
+    claims = (Claim("relearning", "FLU resists", "relearning error", True, ("causal_tracing",)), CLAIM)
+    table = verdict_table(metrics, claims)
+    fits = metrics[["task", "localization", "seed"]].assign(attack="lora", informative=True)
+    kept = flag_uninformative_attacks(table, fits, "lora")
+    assert kept.verdict.tolist() == ["reproduced", "reproduced"]
+    assert kept["attack informative"].iloc[0] == "6/6" and pd.isna(kept["attack informative"].iloc[1])
+    fits.loc[(fits.localization == "causal_tracing") & (fits.seed == 1), "informative"] = False
+    flagged = flag_uninformative_attacks(table, fits, "lora")
+    assert flagged.verdict.tolist() == [UNINFORMATIVE, "reproduced"] and flagged["attack informative"].iloc[0] == "5/6"
+    assert table.verdict.tolist() == ["reproduced", "reproduced"]  # the input is not changed
+    # No fits of that attack: nothing shows that it worked.
+    assert flag_uninformative_attacks(table, fits, "full").verdict.tolist() == [UNINFORMATIVE, "reproduced"]
+
+
+def test_tally_counts_uninformative_attacks():
+    table = pd.DataFrame({
+        "claim": ["relearning", "relearning"], "test": ["reproduction", "reproduction"],
+        "verdict": ["reproduced", UNINFORMATIVE], "complete pairs": [3, 3], "seeds": [3, 3],
+    })
+    counts = tally(table).iloc[0]
+    assert counts.comparisons == 2 and counts[UNINFORMATIVE] == 1
