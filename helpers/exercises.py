@@ -20,13 +20,14 @@ from pathlib import Path
 
 import nbformat
 from nbformat import NotebookNode
-from nbgrader.preprocessors import ClearHiddenTests, ClearOutput, ClearSolutions, LockCells
+from nbgrader.preprocessors import CheckCellMetadata, ClearHiddenTests, ClearOutput, ClearSolutions, LockCells
 
 from helpers.book import ROOT, toc_notebooks
 
 OUT = ROOT / "_build" / "exercises"
-# The order matters: solutions and hidden tests are cleared before cells are locked.
-PREPROCESSORS = (ClearSolutions, ClearHiddenTests, ClearOutput, LockCells)
+# The order matters: the nbgrader metadata is checked (points on every test cell, grade ids
+# unique, ...), then solutions and hidden tests are cleared, then cells are locked.
+PREPROCESSORS = (CheckCellMetadata, ClearSolutions, ClearHiddenTests, ClearOutput, LockCells)
 
 
 @dataclass
@@ -39,7 +40,10 @@ class Exercise:
 
 
 def student_version(notebook: NotebookNode) -> NotebookNode:
-    """A copy of ``notebook`` with solutions replaced by stubs and hidden tests removed."""
+    """A copy of ``notebook`` with solutions replaced by stubs and hidden tests removed.
+
+    Raises nbgrader's ``ValidationError`` when the cells' nbgrader metadata is inconsistent.
+    """
     notebook = nbformat.from_dict(notebook)  # a copy: the preprocessors work in place
     resources = {"language": notebook.metadata.get("kernelspec", {}).get("language", "python")}
     for preprocessor in PREPROCESSORS:

@@ -13,6 +13,8 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+from nbgrader.preprocessors.checkcellmetadata import ValidationError
 
 from helpers.book import toc_notebooks
 from helpers.contrast import contrast_batches
@@ -140,6 +142,23 @@ def test_student_versions_have_stubs_and_no_hidden_tests(tmp_path):
             assert "raise NotImplementedError()" in exercise.solution and "BEGIN SOLUTION" not in exercise.solution
             assert "HIDDEN TESTS" not in exercise.tests
     assert hidden >= 5  # some exercises have tests the student version does not show
+
+
+def test_inconsistent_exercise_cells_are_refused():
+    solution = new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION", metadata={"nbgrader": {
+        "grade": False, "grade_id": "f", "locked": False, "schema_version": 3, "solution": True, "task": False}})
+    tests = new_code_cell("assert f() == 1", metadata={"nbgrader": {
+        "grade": True, "grade_id": "f_tests", "locked": True, "points": 1, "schema_version": 3, "solution": False, "task": False}})
+    notebook = new_notebook(cells=[solution, tests], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    assert [e.grade_id for e in exercises(notebook)] == ["f"]
+    assert "raise NotImplementedError()" in student_version(notebook).cells[0].source
+    with pytest.raises(ValueError, match="Solution cell 'f' has no test cell after it"):
+        exercises(new_notebook(cells=[solution]))
+    with pytest.raises(ValueError, match="Test cell 'f_tests' follows no solution cell"):
+        exercises(new_notebook(cells=[tests]))
+    del tests.metadata.nbgrader["points"]
+    with pytest.raises(ValidationError):
+        student_version(notebook)
 
 
 @pytest.fixture(scope="module")
