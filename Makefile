@@ -1,5 +1,6 @@
 # make book  [PROFILE=cpu|ci|gpu]  set up, execute every notebook, build the HTML book
 # make test                         set up, run the unit tests, model tests and notebooks (ci profile)
+# make exercises                    write the student version of every chapter to _build/exercises/
 # PRECISION=float32|bfloat16        force one precision over every precision parameter of the run
 #                                   (default: each parameter's own value, "auto" for most)
 PROFILE ?= cpu
@@ -10,7 +11,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup book test clean
+.PHONY: setup book test exercises clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +29,9 @@ book: setup
 test: setup
 	$(BIN)/python -c "from helpers.precision import describe_hardware; print('[test] precision:', describe_hardware())"
 	$(BIN)/python -m pytest -v --durations=15
+
+exercises: setup
+	$(BIN)/python -m helpers.exercises --out _build/exercises
 
 clean:
 	rm -rf _build

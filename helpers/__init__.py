@@ -7,7 +7,8 @@ Modules, grouped by the step of the book they serve:
   :mod:`helpers.models` (the embedded Gemma-3-270M or any Hugging Face model),
   :mod:`helpers.precision` (float32 or bf16 matrix products, ``auto`` from the hardware),
   :mod:`helpers.parameters` (the range of every notebook parameter), :mod:`helpers.plots`
-  (figures offline), :mod:`helpers.book` (execute the notebooks, build the book).
+  (figures offline), :mod:`helpers.book` (execute the notebooks, build the book),
+  :mod:`helpers.exercises` (the chapters' exercises: student versions with nbgrader).
 - Data and prompts: :mod:`helpers.sports`, :mod:`helpers.counterfact`,
   :mod:`helpers.general_text`, checked by :mod:`helpers.validation`; :mod:`helpers.prompts`
   (every prompt format), :mod:`helpers.scoring` (probabilities of candidate answers),
@@ -30,6 +31,16 @@ Modules, grouped by the step of the book they serve:
 
 import warnings
 
-# huggingface_hub imports tqdm.auto, which warns in every notebook when ipywidgets is missing.
-# The book's pages are static and show text progress bars, which need no widgets.
-warnings.filterwarnings("ignore", message="IProgress not found")
+import tqdm.asyncio
+import tqdm.std
+
+# Progress bars are text on stderr, in a terminal and in a notebook alike. In a Jupyter kernel
+# tqdm.auto (ours, transformers', huggingface_hub's) would draw ipywidgets bars (nbgrader installs
+# ipywidgets): executed to a file, such a bar keeps no state and shows a frozen "0%". Every
+# notebook imports helpers before any library that draws a bar, so they all get the text bar.
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto's warning where ipywidgets is missing
+import tqdm.auto  # noqa: E402  (after the filter)
+import tqdm.autonotebook  # noqa: E402
+
+tqdm.autonotebook.tqdm, tqdm.autonotebook.trange = tqdm.std.tqdm, tqdm.std.trange
+tqdm.auto.tqdm, tqdm.auto.trange = tqdm.asyncio.tqdm, tqdm.asyncio.trange

@@ -67,6 +67,8 @@ def test_notebook_executes_with_ci_profile(built_book, entry):
     assert "run-time" in cells[1]["metadata"]["tags"] and "profile" in "".join(cells[1]["source"])
     stderr = "".join("".join(o["text"]) for c in cells for o in c.get("outputs", []) if o.get("name") == "stderr")
     assert "Warning" not in stderr, f"{entry} shows a warning to the reader: {stderr[:300]}"
+    widgets = [o for c in cells for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert not widgets, f"{entry} saved a widget (a progress bar?) that a static page shows frozen: {widgets[0]}"
 
 
 @pytest.mark.notebooks
