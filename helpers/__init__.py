@@ -17,6 +17,7 @@ Modules, grouped by the step of the book they serve:
 - Localization (chapters 01-03): :mod:`helpers.probes` (sports fact lookup),
   :mod:`helpers.contrast` (clean and corrupted prompts), :mod:`helpers.path_patching`
   (CounterFact fact lookup), :mod:`helpers.tracing` (causal tracing, attribution patching),
+  :mod:`helpers.nnsight_methods` (path patching's head step and attribution patching in nnsight),
   :mod:`helpers.localization` (component sets, budgets, controls);
   :mod:`helpers.reuse` (activations below the lowest changed layer, computed once).
 - Editing (chapter 04): :mod:`helpers.tasks`, :mod:`helpers.finetune`, :mod:`helpers.records`,

@@ -39,6 +39,10 @@ class ContrastBatch:
     def to(self, device: torch.device) -> ContrastBatch:
         return ContrastBatch(*(t.to(device) for t in self._tensors()))
 
+    def rows(self, index: slice | torch.Tensor) -> ContrastBatch:
+        """The prompts ``index`` selects, as a batch of their own (a few prompts to patch by hand)."""
+        return ContrastBatch(*(t[index] for t in self._tensors()))
+
     def repeat(self, times: int) -> ContrastBatch:
         """The batch stacked ``times`` times, to patch many components in one forward pass."""
         return ContrastBatch(*(t.repeat(times, *[1] * (t.ndim - 1)) for t in self._tensors()))

@@ -29,6 +29,15 @@ def test_corruption_changes_only_the_subject_and_is_seeded(tiny_model):
     assert sum(len(b) for b in batches) == 3
 
 
+def test_rows_select_prompts_in_every_tensor(tiny_model):
+    prompts = [f"Fact: {s} plays the sport of" for s in SUBJECTS]
+    batch = contrast_batches(tiny_model, prompts, SUBJECTS, ["basketball"] * 3, [["baseball", "golf"]] * 3, seed=0)[0]
+    first = batch.rows(slice(0, 1))
+    assert len(first) == 1
+    for name in ("clean", "corrupt", "subject", "answer", "foils"):
+        assert torch.equal(getattr(first, name), getattr(batch, name)[:1])
+
+
 def test_logit_diff_and_normalization():
     logits = torch.zeros(2, 3, 10)
     logits[:, -1, 4] = 5.0
