@@ -36,6 +36,13 @@ def test_committed_notebooks_have_no_outputs():
         assert not any(c.get("outputs") or c.get("execution_count") for c in cells if c["cell_type"] == "code"), entry
 
 
+def test_every_committed_cell_has_a_unique_id():
+    """nbformat 4.5 requires cell ids; a missing one makes papermill warn in the executed chapter."""
+    for entry in NOTEBOOKS:
+        ids = [c.get("id") for c in json.loads((ROOT / f"{entry}.ipynb").read_text())["cells"]]
+        assert None not in ids and len(set(ids)) == len(ids), entry
+
+
 def test_prose_has_no_tex_math_which_needs_mathjax_from_a_cdn():
     """The book must read offline; MathJax comes from a CDN, so formulas are written in HTML."""
     sources = [*(ROOT / "book").glob("*.md"), *(ROOT / f"{entry}.ipynb" for entry in NOTEBOOKS)]
