@@ -44,12 +44,17 @@ def tiny_gemma_config(vocab_size: int, n_layers: int = 2, sliding_window: int = 
     )
 
 
+def make_tiny_model(tokenizer, n_layers: int = 2, *, seed: int = 0, name: str = "tiny-gemma3") -> LoadedModel:
+    """A randomly initialized Gemma3 of ``n_layers`` in memory, with the real tokenizer (seeded)."""
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(tiny_gemma_config(len(tokenizer), n_layers)).eval()
+    return LoadedModel(name, model, tokenizer, EMBEDDED_ARCHITECTURE_ID)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(gemma_tokenizer) -> LoadedModel:
     """A randomly initialized 2-layer Gemma3 in memory, with the real tokenizer (seeded)."""
-    torch.manual_seed(0)
-    model = Gemma3ForCausalLM(tiny_gemma_config(len(gemma_tokenizer))).eval()
-    return LoadedModel("tiny-gemma3", model, gemma_tokenizer, EMBEDDED_ARCHITECTURE_ID)
+    return make_tiny_model(gemma_tokenizer)
 
 
 @pytest.fixture(scope="session")

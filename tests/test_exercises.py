@@ -24,6 +24,7 @@ from helpers.probes import NAME_ONLY, name_only_curve, probe_accuracy_by_layer
 from helpers.prompts import SPORTS
 from helpers.tasks import sports_athlete_edit
 from helpers.tracing import attribution_patching
+from tests.conftest import make_tiny_model
 from tests.test_book import ROOT
 
 CHAPTERS = [f"notebooks/{name}" for name in (
@@ -162,8 +163,11 @@ def test_inconsistent_exercise_cells_are_refused():
 
 
 @pytest.fixture(scope="module")
-def namespaces(tiny_model):
-    return {chapter: make(tiny_model) for chapter, make in NAMESPACES.items()}
+def namespaces(gemma_tokenizer):
+    """Each chapter's objects, on a tiny model of this module's own: the exercises build the TransformerLens
+    bridge on it, which the session's ``tiny_model`` must not see (later bf16 evaluations of it gave NaN)."""
+    model = make_tiny_model(gemma_tokenizer)
+    return {chapter: make(model) for chapter, make in NAMESPACES.items()}
 
 
 def run(exercise, namespace: dict) -> None:

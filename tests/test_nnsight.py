@@ -7,14 +7,13 @@ hooks and every later forward pass as they were.
 
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM
 
 from helpers.contrast import contrast_batches
-from helpers.models import EMBEDDED_ARCHITECTURE_ID, LoadedModel
+from helpers.models import LoadedModel
 from helpers.nnsight_methods import attribution_metrics, head_path_metrics, wrap
 from helpers.path_patching import HEAD_PATHS
 from helpers.tracing import attribution_batch
-from tests.conftest import tiny_gemma_config
+from tests.conftest import make_tiny_model
 
 SUBJECTS = ["Michael Jordan", "Tom Brady", "Babe Ruth"]
 # float32 rounding: the two libraries add the same numbers in another order
@@ -22,9 +21,7 @@ TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 
 
 def tiny_model(gemma_tokenizer) -> LoadedModel:
-    torch.manual_seed(1)
-    hf = Gemma3ForCausalLM(tiny_gemma_config(len(gemma_tokenizer), 4)).eval()
-    return LoadedModel("tiny-gemma3-4", hf, gemma_tokenizer, EMBEDDED_ARCHITECTURE_ID)
+    return make_tiny_model(gemma_tokenizer, 4, seed=1, name="tiny-gemma3-4")
 
 
 def sports_batch(model: LoadedModel):
