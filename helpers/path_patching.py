@@ -59,6 +59,15 @@ def _candidates(batch: ContrastBatch) -> torch.Tensor:
     return torch.cat([batch.answer[:, None], batch.foils], dim=1)
 
 
+def one_head_clean(z_clean: torch.Tensor, z_corrupt: torch.Tensor) -> torch.Tensor:
+    """(H, n, H, dh): for each head h, the corrupted head outputs ``z_corrupt`` (n, H, dh) with head h's clean."""
+    n_heads = z_clean.shape[1]
+    patched = z_corrupt.expand(n_heads, *z_corrupt.shape).clone()
+    heads = torch.arange(n_heads)
+    patched[heads, :, heads] = z_clean.transpose(0, 1)
+    return patched
+
+
 def head_direct_metrics(model: LoadedModel, batch: ContrastBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logit differences (layers, heads, n) with one head's clean output on its direct path.
 
@@ -75,10 +84,7 @@ def head_direct_metrics(model: LoadedModel, batch: ContrastBatch) -> tuple[torch
         per_layer = []
         for layer in range(n_layers):
             z_clean, z_corrupt = clean[names[layer]][:, -1], corrupt[names[layer]][:, -1]  # (n, H, dh)
-            n_heads = z_clean.shape[1]
-            patched = z_corrupt.expand(n_heads, *z_corrupt.shape).clone()  # (H, n, H, dh)
-            heads = torch.arange(n_heads)
-            patched[heads, :, heads] = z_clean.transpose(0, 1)
+            patched = one_head_clean(z_clean, z_corrupt)
             delta = attention_output(model, layer, patched) - attention_output(model, layer, z_corrupt)
             logits = unembed(model, residual + delta, candidates)  # (H, n, 1 + k)
             per_layer.append(logits[..., 0] - logits[..., 1:].mean(-1))
@@ -114,10 +120,7 @@ def head_metrics_mlps_recomputed(
         per_layer = []
         for layer in range(n_layers):
             z_clean, z_corrupt = clean[z_names[layer]][:, -1], corrupt[z_names[layer]][:, -1]  # (n, H, dh)
-            n_heads = z_clean.shape[1]
-            patched = z_corrupt.expand(n_heads, *z_corrupt.shape).clone()  # (H, n, H, dh)
-            heads = torch.arange(n_heads)
-            patched[heads, :, heads] = z_clean.transpose(0, 1)
+            patched = one_head_clean(z_clean, z_corrupt)
             residual = corrupt[resid_names[layer]][:, -1] + attention_output(model, layer, patched)  # (H, n, d)
             residual = residual + mlp_output(model, layer, residual)
             for later in range(layer + 1, n_layers):
