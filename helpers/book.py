@@ -35,11 +35,11 @@ import papermill
 import plotly
 import yaml
 
-from helpers.cache import write_json
+from helpers.cache import project_root, write_json
 from helpers.parameters import check_profile, declared_parameters, unknown_name_error
 from helpers.precision import describe_hardware, hardware_summary
 
-ROOT = Path.cwd()
+ROOT = project_root()
 KERNEL = "python3"
 
 
@@ -90,13 +90,13 @@ def declared_notebook_parameters(profile: dict, notebook: Path) -> dict:
     return {k: v for k, v in notebook_parameters(profile, notebook.stem).items() if k in declared}
 
 
-def execute_notebook(source: Path, target: Path, profile: dict, root: Path = ROOT) -> float:
+def execute_notebook(source: Path, target: Path, profile: dict, root: Path = ROOT, progress_bar: bool = True) -> float:
     """Execute one notebook with the profile parameters it declares; return seconds taken."""
     parameters = declared_notebook_parameters(profile, source)
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     papermill.execute_notebook(
-        str(source), str(target), parameters=parameters, kernel_name=KERNEL, cwd=str(root), progress_bar=True
+        str(source), str(target), parameters=parameters, kernel_name=KERNEL, cwd=str(root), progress_bar=progress_bar
     )
     return time.perf_counter() - start
 

@@ -24,9 +24,19 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def project_root(start: Path | None = None) -> Path:
+    """The book's folder (the first of ``start`` and its parents with a ``_toc.yml``), else ``start`` (default: cwd).
+
+    A notebook opened in Jupyter runs in ``notebooks/``; ``make book`` runs in the project's folder:
+    both find the same results folder.
+    """
+    start = (start or Path.cwd()).resolve()
+    return next((folder for folder in (start, *start.parents) if (folder / "_toc.yml").is_file()), start)
+
+
 def results_dir(*parts: str) -> Path:
-    """The results folder (``$MECHUNLEARN_RESULTS`` or ``./results``, outside git), created on demand."""
-    path = Path(os.environ.get(RESULTS_ENV) or Path.cwd() / "results").joinpath(*parts)
+    """The results folder (``$MECHUNLEARN_RESULTS``, else ``results/`` in :func:`project_root`; outside git), created on demand."""
+    path = Path(os.environ.get(RESULTS_ENV) or project_root() / "results").joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -26,6 +26,11 @@ from helpers.models import LoadedModel
 from helpers.validation import read_json, text_list
 
 KINDS = ("mlp", "attn")
+# The paper's localizations, in its order: fact lookup (chapters 01-02), output tracing and the controls (chapter 03).
+FACT_LOOKUP = "fact_lookup"
+OUTPUT_TRACING = ("causal_tracing", "causal_tracing_mlps", "attribution_patching")
+CONTROLS = ("random_matrices", "random_mlps", "all_mlps", "nonlocalized")
+LOCALIZATIONS = (FACT_LOOKUP, *OUTPUT_TRACING, *CONTROLS)
 _ID = re.compile(r"^(mlp|attn)\.(\d+)(?:\.(\w+))?$")
 
 

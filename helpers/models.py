@@ -88,11 +88,12 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def load_model(
     name: str = EMBEDDED_MODEL, *, device: str = "cpu", dtype: str | torch.dtype = "float32", attention: str = "eager",
 ) -> LoadedModel:
-    """Load ``name``: ``"gemma-3-270m"`` (embedded, from PyPI), a local folder, or a hub id."""
+    """Load ``name``: ``"gemma-3-270m"`` (embedded, from PyPI), a local folder, or a hub id, onto ``device``
+    (``"auto"``: CUDA where present, else the CPU)."""
     torch_dtype = resolve_dtype(dtype)
     if attention not in ATTENTION:
         raise ValueError(f"Unknown attention implementation {attention!r}; choose one of {ATTENTION}")
-    check_device(device)
+    device = resolve_device(device)
     if name == EMBEDDED_MODEL:
         folder, architecture_id = embedded_model_folder(), EMBEDDED_ARCHITECTURE_ID
     else:
@@ -119,10 +120,16 @@ def load_model(
     return LoadedModel(name=name, hf_model=model, tokenizer=tokenizer, architecture_id=architecture_id)
 
 
-def check_device(device: str) -> None:
-    """Refuse a CUDA device on a machine without CUDA, in one line."""
+def resolve_device(device: str) -> str:
+    """``device`` itself, or for ``"auto"`` the first CUDA GPU where there is one, else ``"cpu"``.
+
+    A CUDA device on a machine without CUDA is refused in one line.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r}, but this machine has no CUDA GPU (torch.cuda.is_available() is False); use device='cpu'")
+        raise ValueError(f"device={device!r}, but this machine has no CUDA GPU (torch.cuda.is_available() is False); use device='cpu' or 'auto'")
+    return device
 
 
 def hub_unreachable() -> bool:

@@ -23,7 +23,7 @@ from helpers.relearning import ATTACKS
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TASKS = ("sports_athlete_edit", "sports_sport_edit", "counterfact_edit")
-_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def _integer(value: object) -> bool:
@@ -73,7 +73,7 @@ def _name(value: object) -> bool:
 POSITIVE_INT = (_positive_int, "be an integer >= 1")
 RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "model_name": (_name, "be a non-empty model name or folder"),
-    "device": (lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), "be 'cpu', 'cuda', 'cuda:<n>' or 'mps'"),
+    "device": (lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), "be 'auto', 'cpu', 'cuda', 'cuda:<n>' or 'mps'"),
     "dtype": (_choice(*DTYPES), f"be one of {sorted(DTYPES)}"),
     "threshold": (_unit_interval, "lie in (0, 1)"),
     "test_fraction": (_unit_interval, "lie in (0, 1)"),
@@ -144,6 +144,15 @@ def declared_parameters(notebook: str | Path) -> set[str]:
     import papermill  # here, not at the top: the data loaders use this module where papermill is absent (GPU check)
 
     return set(papermill.inspect_notebook(str(notebook_path(notebook))))
+
+
+def notebook_defaults(notebook: str | Path) -> dict[str, object]:
+    """The values the notebook's ``parameters`` cell assigns (what a reader who presses "run all" gets)."""
+    import ast
+
+    import papermill
+
+    return {name: ast.literal_eval(spec["default"]) for name, spec in papermill.inspect_notebook(str(notebook_path(notebook))).items()}
 
 
 def check_values(where: str, values: Mapping[str, object]) -> None:

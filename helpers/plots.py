@@ -16,13 +16,11 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.io.base_renderers import MimetypeRenderer
 
+from helpers.localization import LOCALIZATIONS
+
 RENDERER = "book"
 # One colour per localization in every figure of the book (the paper's names, in its order).
-LOCALIZATION_COLOURS = dict(zip(
-    ["fact_lookup", "causal_tracing", "causal_tracing_mlps", "attribution_patching", "random_matrices", "random_mlps",
-     "all_mlps", "nonlocalized"],
-    px.colors.qualitative.Plotly,
-))
+LOCALIZATION_COLOURS = dict(zip(LOCALIZATIONS, px.colors.qualitative.Plotly))
 COLOUR_ORDER = {"localization": list(LOCALIZATION_COLOURS)}
 
 

@@ -32,7 +32,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from helpers.models import LoadedModel
+from helpers.models import LoadedModel, resolve_device
 
 PRECISIONS = ("float32", "bfloat16")
 CHOICES = ("auto", *PRECISIONS)  # what a precision parameter accepts
@@ -68,9 +68,16 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return platform.processor() or platform.machine()
 
 
+def as_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device; ``None`` is the CPU, ``"auto"`` what :func:`helpers.models.resolve_device` picks."""
+    if isinstance(device, torch.device):
+        return device
+    return torch.device(resolve_device(device) if device == "auto" else device or "cpu")
+
+
 def native_bf16(device: str | torch.device | None = None) -> bool:
     """Whether ``device`` (default: the CPU) computes bf16 natively: the CPU's flags, or CUDA's own answer."""
-    device = torch.device(device or "cpu")
+    device = as_device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
@@ -135,7 +142,7 @@ def describe_hardware(device: str | torch.device | None = None) -> str:
 
 def hardware_summary(device: str | torch.device | None = None) -> dict:
     """What decided ``auto`` on this machine: the device, the native-bf16 flags present, the choice, the forcing."""
-    device = torch.device(device or "cpu")
+    device = as_device(device)
     flags = sorted(cpu_flags() & (NATIVE_BF16_FLAGS | NATIVE_BF16_FEATURES))
     return {
         "device": str(device), "cpu": cpu_model(),

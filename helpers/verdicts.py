@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from helpers.localization import FACT_LOOKUP, OUTPUT_TRACING
 from helpers.results import LATENT_HEADLINE, RUN_COLUMNS
 from helpers.stats import holm, mean_ci, t_test_p
 
-REFERENCE = "fact_lookup"
-OUTPUT_TRACING = ("causal_tracing", "causal_tracing_mlps", "attribution_patching")
+REFERENCE = FACT_LOOKUP
 ALL_TASKS = ("sports_athlete_edit", "sports_sport_edit", "counterfact_edit")
 REPRODUCTION, NEW_TEST = "reproduction", "new test"
 

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ NOTEBOOKS = toc_notebooks(ROOT)
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = ROOT / "_build" / "screenshots"  # kept as build artefacts
 BROWSER_PAGES = ["notebooks/08_results", "notebooks/04_localized_editing"]
+NBVAL_CHAPTERS = NOTEBOOKS[:3]  # 00-02: what the model knows and the fact-lookup localizations, cheap to run again
 
 
 def test_toc_lists_every_notebook_in_order():
@@ -116,12 +118,42 @@ def test_notebook_overrides_win_over_shared_parameters():
     assert notebook_parameters(profile, "03_y") == {"seed": 0, "n_prompts": 50}
 
 
+def test_notebook_defaults_equal_the_cpu_profile():
+    """A reader who presses "run all" in Jupyter gets the book's (cpu profile's) parameters."""
+    from helpers.book import notebook_parameters
+    from helpers.parameters import notebook_defaults
+
+    profile = load_profile("cpu", ROOT)
+    differences = [
+        f"{Path(entry).name}: {name} = {default!r} in the notebook, {value!r} in profiles/cpu.yaml"
+        for entry in NOTEBOOKS for name, default in notebook_defaults(ROOT / f"{entry}.ipynb").items()
+        for value in [notebook_parameters(profile, Path(entry).name).get(name, default)] if value != default
+    ]
+    assert not differences, "\n".join(differences)
+
+
 def headless(url: str, action: str, profile_dir: Path) -> str:
     """Open ``url`` in headless Chromium, let its scripts run, and do ``action`` (``--dump-dom``, ``--screenshot=...``)."""
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={profile_dir}", "--window-size=1280,6000", "--virtual-time-budget=20000"]
     return subprocess.run([BROWSER, *flags, action, url], capture_output=True, text=True, timeout=300, check=True).stdout
+
+
+@pytest.mark.notebooks
+def test_the_same_seed_gives_the_same_marked_outputs(built_book, tmp_path):
+    """nbval (lax mode) runs the executed ci chapters again in an empty results folder and compares the cells
+    tagged ``nbval-check-output``: the fact-lookup layers, the chosen components, the key tables."""
+    staging, _ = built_book
+    marked = [e for e in NBVAL_CHAPTERS if "nbval-check-output" in (staging / f"{e}.ipynb").read_text()]
+    assert marked == NBVAL_CHAPTERS, "every chapter nbval runs marks the outputs it checks"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+               "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"),
+               *[str(staging / f"{e}.ipynb") for e in NBVAL_CHAPTERS]]
+    env = {**os.environ, "MECHUNLEARN_RESULTS": str(tmp_path / "results")}  # nothing to read back from the first run
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert any((tmp_path / "results" / "localizations").rglob("*.json")), "nbval's run wrote its own localizations"
 
 
 @pytest.mark.notebooks

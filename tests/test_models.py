@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from helpers.models import EMBEDDED_MODEL, load_model, resolve_dtype
+from helpers.models import EMBEDDED_MODEL, load_model, resolve_device, resolve_dtype
 from tests.conftest import tiny_gemma_config
 
 
@@ -124,8 +124,16 @@ def test_cuda_without_cuda_says_so_in_one_line(tmp_path, gemma_tokenizer, monkey
     Gemma3ForCausalLM(tiny_gemma_config(len(gemma_tokenizer))).save_pretrained(tmp_path)
     gemma_tokenizer.save_pretrained(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="^device='cuda', but this machine has no CUDA GPU .*use device='cpu'$"):
+    with pytest.raises(ValueError, match="^device='cuda', but this machine has no CUDA GPU .*use device='cpu' or 'auto'$"):
         load_model(str(tmp_path), device="cuda")
+
+
+def test_auto_device_is_cuda_where_present_else_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cpu") == "cpu"
 
 
 def test_a_cache_that_cannot_take_the_checksum_still_loads_with_a_warning(cached_tiny_model, monkeypatch):
