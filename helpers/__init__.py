@@ -8,6 +8,7 @@ Modules, grouped by the step of the book they serve:
   :mod:`helpers.precision` (float32 or bf16 matrix products, ``auto`` from the hardware),
   :mod:`helpers.parameters` (the range of every notebook parameter), :mod:`helpers.plots`
   (figures offline), :mod:`helpers.book` (execute the notebooks, build the book),
+  :mod:`helpers.prerequisites` (a chapter opened alone runs the earlier chapters it reads),
   :mod:`helpers.exercises` (the chapters' exercises: student versions with nbgrader).
 - Data and prompts: :mod:`helpers.sports`, :mod:`helpers.counterfact`,
   :mod:`helpers.general_text`, checked by :mod:`helpers.validation`; :mod:`helpers.prompts`

@@ -30,12 +30,13 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from helpers.cache import cache_dir, slug, write_json
+from helpers.choices import DTYPE_NAMES
 from helpers.validation import read_json
 
 EMBEDDED_MODEL = "gemma-3-270m"
 # The architecture TransformerLens should assume for the embedded weights.
 EMBEDDED_ARCHITECTURE_ID = "google/gemma-3-270m"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 ATTENTION = ("eager", "sdpa", "flash_attention_2")
 CHECKSUMS = "checksums.json"
 HUB_PROBE_SECONDS = 2.0

@@ -16,13 +16,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FunctionType, ModuleType
 
-from helpers.models import DTYPES
-from helpers.precision import CHOICES as PRECISION_CHOICES
+from helpers.choices import ATTACKS, DTYPE_NAMES, PRECISION_CHOICES, TASKS
 from helpers.prompts import SPORTS
-from helpers.relearning import ATTACKS
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-TASKS = ("sports_athlete_edit", "sports_sport_edit", "counterfact_edit")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -74,7 +71,7 @@ POSITIVE_INT = (_positive_int, "be an integer >= 1")
 RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "model_name": (_name, "be a non-empty model name or folder"),
     "device": (lambda v: isinstance(v, str) and bool(_DEVICE.match(v)), "be 'auto', 'cpu', 'cuda', 'cuda:<n>' or 'mps'"),
-    "dtype": (_choice(*DTYPES), f"be one of {sorted(DTYPES)}"),
+    "dtype": (_choice(*DTYPE_NAMES), f"be one of {sorted(DTYPE_NAMES)}"),
     "threshold": (_unit_interval, "lie in (0, 1)"),
     "test_fraction": (_unit_interval, "lie in (0, 1)"),
     "rise_fraction": (_unit_interval, "lie in (0, 1)"),

@@ -32,10 +32,10 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from helpers.choices import PRECISION_CHOICES, PRECISIONS
 from helpers.models import LoadedModel, resolve_device
 
-PRECISIONS = ("float32", "bfloat16")
-CHOICES = ("auto", *PRECISIONS)  # what a precision parameter accepts
+CHOICES = PRECISION_CHOICES  # what a precision parameter accepts
 FORCE_ENV = "MECHUNLEARN_PRECISION"  # forces one precision over every parameter ("auto" or unset: no forcing)
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # x86 flags of native bf16 arithmetic
 NATIVE_BF16_FEATURES = frozenset({"bf16"})  # the ARM feature of native bf16 arithmetic (ARMv8.6)

@@ -48,6 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from helpers.choices import ATTACKS
 from helpers.finetune import (
     Float32Masters, answer_loss, check_compute_dtype, joint_answer_logits, restored, retain_loss,
 )
@@ -57,7 +58,6 @@ from helpers.precision import CHOICES, Precision
 from helpers.records import answer_probabilities
 from helpers.tasks import EditTask
 
-ATTACKS = ("lora", "full")
 INFORMATIVE_MARGIN = 0.05  # an attack must raise mean P(true) on its trained half by at least this much
 
 

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from helpers.choices import TASKS as ALL_TASKS
 from helpers.localization import FACT_LOOKUP, OUTPUT_TRACING
 from helpers.results import LATENT_HEADLINE, RUN_COLUMNS
 from helpers.stats import holm, mean_ci, t_test_p
 
 REFERENCE = FACT_LOOKUP
-ALL_TASKS = ("sports_athlete_edit", "sports_sport_edit", "counterfact_edit")
 REPRODUCTION, NEW_TEST = "reproduction", "new test"
 
 
