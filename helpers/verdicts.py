@@ -69,7 +69,7 @@ CLAIMS = (
           "editing all MLPs or the whole model", "MCQ edit accuracy", True, ALL_TASKS, ("all_mlps", "nonlocalized"),
           margin=0.05),
 )
-UNINFORMATIVE = "attack uninformative"  # a relearning attack that did not fit its own trained half (flag_uninformative_attacks)
+UNINFORMATIVE = "attack uninformative"  # a relearning attack that did not fit its own trained half (attack_informativeness)
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "inconclusive (one seed)", "edit incomplete", UNINFORMATIVE)
 VERDICT_COLOURS = dict(zip(VERDICTS, ("#d9f2d9", "#f8d7da", "#fff3cd", "#eeeeee", "#e2e3f3", "#e8e8e8")))
 
@@ -136,14 +136,24 @@ def _parameter_ratio(task_metrics: pd.DataFrame, other: str) -> dict[str, float]
     return {"parameters (x FLU)": parameters[other] / parameters[REFERENCE]}
 
 
-def verdict_table(metrics: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS, confidence: float = 0.95) -> pd.DataFrame:
+def verdict_table(
+    metrics: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS, confidence: float = 0.95,
+    *, fits: pd.DataFrame | None = None, attack: str | None = None,
+) -> pd.DataFrame:
     """One row per claim, task and comparison: the means, the paired difference, its interval, p-values, the verdict.
 
     ``metrics`` is :func:`helpers.results.headline_metrics` output. Comparisons whose metric was
     not measured for a task (the latent probes on CounterFact, an MCQ format the model cannot
     answer) are left out. Column ``test`` says whether a row is a reproduction of the paper's
     claim or a new test; ``complete pairs`` how many seeds had both edits complete.
+
+    With ``fits`` (:func:`helpers.results.attack_fits`) of the relearning ``attack`` the
+    relearning rows are checked as :func:`attack_informativeness` says: an uninformative one gets
+    the verdict ``"attack uninformative"`` and, like an incomplete edit, no p-value, so it does not
+    enter Holm's family.
     """
+    if (fits is None) != (attack is None):
+        raise ValueError("Pass the relearning fits and the attack they belong to together (fits=..., attack=...)")
     missing = [c for c in [*RUN_COLUMNS, "criterion_reached", *{claim.metric for claim in claims}] if c not in metrics.columns]
     if missing:
         raise ValueError(f"The metrics lack the columns {missing}; pass helpers.results.headline_metrics output")
@@ -172,6 +182,11 @@ def verdict_table(metrics: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS, con
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    uninformative = pd.Series(False, index=table.index)
+    if fits is not None:
+        counts, uninformative = attack_informativeness(table, fits, attack)
+        table.loc[counts.index, "attack informative"] = counts
+        table.loc[uninformative, "p"] = np.nan
     table["p (Holm)"] = np.nan
     for family in (REPRODUCTION, NEW_TEST):
         members = table.test == family
@@ -181,6 +196,7 @@ def verdict_table(metrics: pd.DataFrame, claims: tuple[Claim, ...] = CLAIMS, con
         "edit incomplete" if row["complete pairs"] < row.seeds else corrected_verdict(row["difference (favouring FLU)"], row["p (Holm)"], row.threshold, alpha)
         for _, row in table.iterrows()
     ]
+    table.loc[uninformative, "verdict"] = UNINFORMATIVE
     return table.drop(columns="threshold")
 
 
@@ -211,25 +227,20 @@ def styled_verdicts(table: pd.DataFrame):
 RELEARNING_METRIC = "relearning error"
 
 
-def flag_uninformative_attacks(table: pd.DataFrame, fits: pd.DataFrame, attack: str) -> pd.DataFrame:
-    """``table`` (:func:`verdict_table`) with its relearning rows checked against the ``attack``'s fits.
+def attack_informativeness(table: pd.DataFrame, fits: pd.DataFrame, attack: str) -> tuple[pd.Series, pd.Series]:
+    """For the relearning rows of a comparison table: how many runs of both localizations the ``attack`` fitted, and
+    whether it fitted all of them.
 
-    ``fits`` is :func:`helpers.results.attack_fits` output. Column ``attack informative`` counts
-    the runs of both localizations in which the attack raised P(true) on its trained half; unless
-    it did in every one, the row's verdict becomes ``"attack uninformative"``: a relearning error
-    that did not fall says nothing about the edit when the attack did not fit its own half either.
+    ``fits`` is :func:`helpers.results.attack_fits` output. Returns ``"k/n"`` counts (index: the
+    relearning rows) and a boolean mask over the whole table, True where the row is uninformative:
+    a relearning error that did not fall says nothing about the edit when the attack did not raise
+    P(true) on its own trained half either (no fits at all count as not shown to work).
     """
-    table = table.copy()
-    rows = table.metric == RELEARNING_METRIC
-    if not rows.any():
-        return table
     fits = fits[fits.attack == attack]
-    counts = []
-    for index in table.index[rows]:
+    counts, uninformative = {}, pd.Series(False, index=table.index)
+    for index in table.index[table.metric == RELEARNING_METRIC]:
         row = table.loc[index]
         sides = fits[(fits.task == row.task) & fits.localization.isin([REFERENCE, row["compared with"]])]
-        counts.append(f"{int(sides.informative.sum())}/{len(sides)}")
-        if sides.empty or not sides.informative.all():
-            table.loc[index, "verdict"] = UNINFORMATIVE
-    table.loc[rows, "attack informative"] = counts
-    return table
+        counts[index] = f"{int(sides.informative.sum())}/{len(sides)}"
+        uninformative[index] = sides.empty or not sides.informative.all()
+    return pd.Series(counts, dtype=object), uninformative

@@ -10,7 +10,6 @@ from helpers.verdicts import (
     VERDICT_COLOURS,
     Claim,
     claim_named,
-    flag_uninformative_attacks,
     paired_differences,
     styled_verdicts,
     tally,
@@ -118,17 +117,30 @@ def test_relearning_verdicts_need_informative_attacks_on_both_sides():
     metrics = pd.concat([metrics_with([0.30, 0.32, 0.31], "relearning error"),
                          metrics_with([0.30, 0.32, 0.31])[["MCQ edit accuracy"]]], axis=1)
     claims = (Claim("relearning", "FLU resists", "relearning error", True, ("causal_tracing",)), CLAIM)
-    table = verdict_table(metrics, claims)
     fits = metrics[["task", "localization", "seed"]].assign(attack="lora", informative=True)
-    kept = flag_uninformative_attacks(table, fits, "lora")
+    kept = verdict_table(metrics, claims, fits=fits, attack="lora")
     assert kept.verdict.tolist() == ["reproduced", "reproduced"]
     assert kept["attack informative"].iloc[0] == "6/6" and pd.isna(kept["attack informative"].iloc[1])
     fits.loc[(fits.localization == "causal_tracing") & (fits.seed == 1), "informative"] = False
-    flagged = flag_uninformative_attacks(table, fits, "lora")
+    flagged = verdict_table(metrics, claims, fits=fits, attack="lora")
     assert flagged.verdict.tolist() == [UNINFORMATIVE, "reproduced"] and flagged["attack informative"].iloc[0] == "5/6"
-    assert table.verdict.tolist() == ["reproduced", "reproduced"]  # the input is not changed
+    # Out of Holm's family, like an incomplete edit: no p-value to correct or to count.
+    assert kept.p.notna().all() and flagged[["p", "p (Holm)"]].iloc[0].isna().all()
     # No fits of that attack: nothing shows that it worked.
-    assert flag_uninformative_attacks(table, fits, "full").verdict.tolist() == [UNINFORMATIVE, "reproduced"]
+    assert verdict_table(metrics, claims, fits=fits, attack="full").verdict.tolist() == [UNINFORMATIVE, "reproduced"]
+    with pytest.raises(ValueError, match="fits=..., attack=..."):
+        verdict_table(metrics, claims, fits=fits)
+
+
+def test_an_uninformative_comparison_leaves_holms_family():
+    metrics = pd.concat([metrics_with([0.30, 0.32, 0.31], "relearning error", task) for task in ("t", "u")], ignore_index=True)
+    claim = Claim("relearning", "FLU resists", "relearning error", True, ("t", "u"), ("causal_tracing",))
+    fits = metrics[["task", "localization", "seed"]].assign(attack="lora", informative=True)
+    both = verdict_table(metrics, (claim,), fits=fits, attack="lora").set_index("task")
+    assert both.loc["t", "p (Holm)"] == pytest.approx(2 * both.loc["t", "p"])  # two comparisons in the family
+    fits.loc[fits.task == "u", "informative"] = False
+    one = verdict_table(metrics, (claim,), fits=fits, attack="lora").set_index("task")
+    assert one.loc["u", "verdict"] == UNINFORMATIVE and one.loc["t", "p (Holm)"] == pytest.approx(one.loc["t", "p"])
 
 
 def test_tally_counts_uninformative_attacks():
