@@ -150,3 +150,12 @@ def test_scores_and_the_general_loss_equal_the_full_forward(model):
                                     general_loss(model, chunks, max_tokens=None, batch_size=2))
     np.testing.assert_allclose(results[True][0], results[False][0], atol=1e-6)
     assert results[True][1] == pytest.approx(results[False][1], abs=1e-5)
+
+
+def test_reuse_is_skipped_when_the_frozen_layers_are_a_small_share(model):
+    """Below MIN_FROZEN_SHARE of the layers the bookkeeping costs more than the layers skipped: the full pass runs."""
+    lowest = next(start for start in range(1, model.n_layers) if start >= reuse.MIN_FROZEN_SHARE * model.n_layers)
+    with reuse.reusing(model, lowest - 1):
+        assert reuse.active_start(model) is None
+    with reuse.reusing(model, lowest):
+        assert reuse.active_start(model) == lowest
