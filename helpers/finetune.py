@@ -49,6 +49,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -59,7 +60,7 @@ from helpers.models import LoadedModel
 from helpers.precision import CHOICES, Precision
 from helpers.reuse import reusing
 from helpers.scoring import fact_probabilities, final_hidden, first_token_ids, last_token_logits, unembed
-from helpers.tasks import EditTask
+from helpers.tasks import MODES, EditTask
 from helpers.validation import check_texts
 
 
@@ -154,6 +155,41 @@ def retain_loss(model: LoadedModel, chunks: torch.Tensor, n_positions: int, gene
     logits = unembed(model, hidden.flatten(0, 1)).float()
     targets = chunks[:, positions + 1].to(model.device)
     return F.cross_entropy(logits, targets.flatten())
+
+
+@dataclass(frozen=True)
+class StepLoss:
+    """The terms of one step's loss, scalars that keep their gradients."""
+
+    forget: torch.Tensor
+    maintain: torch.Tensor
+    retain: torch.Tensor
+    total: torch.Tensor  # forget_weight * forget + maintain + retain
+
+
+def step_loss(
+    model: LoadedModel, mode: str, forget: pd.DataFrame, maintain: pd.DataFrame, general: torch.Tensor,
+    config: TrainingConfig, generator: torch.Generator,
+) -> StepLoss:
+    """The paper's loss on one batch: ``c_f * L_forget + L_maintain + L_retain`` (the module doc).
+
+    ``forget`` and ``maintain`` are task rows (``prompt``, ``true``, ``new``); ``mode`` is the
+    task's (``"edit"``: toward ``new``; ``"unlearn"``: :func:`unlearning_loss`). ``general`` holds
+    the step's general-text sequences, read at ``config.retain_positions`` positions drawn from
+    ``generator`` (:func:`retain_loss`); without rows there is no retain loss.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    forget_logits, maintain_logits = joint_answer_logits(model, forget.prompt, maintain.prompt)
+    if mode == "edit":
+        forget_loss = answer_loss(model, forget_logits, forget.new)
+    else:
+        forget_loss = unlearning_loss(model, forget_logits, forget.true, config.unlearn_floor)
+    maintain_loss = answer_loss(model, maintain_logits, maintain.true)
+    retain = torch.zeros((), device=model.device)
+    if len(general):
+        retain = retain_loss(model, general, config.retain_positions, generator)
+    return StepLoss(forget_loss, maintain_loss, retain, config.forget_weight * forget_loss + maintain_loss + retain)
 
 
 @contextmanager
@@ -301,25 +337,18 @@ def train_localized(
             for step in tqdm(range(1, config.steps + 1), desc=f"{task.name} / {localization.name}", disable=not progress, unit="step"):
                 forget = task.forget_train.iloc[_sample(len(task.forget_train), config.batch_size, rng)]
                 maintain = task.maintain_train.iloc[_sample(len(task.maintain_train), config.batch_size, rng)]
+                general = general_chunks[:0]
+                if config.retain_batch_size:
+                    general = general_chunks[torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)]
                 with precision.active(), reusing(model, localization.start_layer, enabled=reuse_frozen):
-                    forget_logits, maintain_logits = joint_answer_logits(model, forget.prompt, maintain.prompt)
-                    if task.mode == "edit":
-                        forget_loss = answer_loss(model, forget_logits, forget.new)
-                    else:
-                        forget_loss = unlearning_loss(model, forget_logits, forget.true, config.unlearn_floor)
-                    maintain_loss = answer_loss(model, maintain_logits, maintain.true)
-                    retain = torch.zeros((), device=model.device)
-                    if config.retain_batch_size:
-                        rows = torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)
-                        retain = retain_loss(model, general_chunks[rows], config.retain_positions, generator)
-                total = config.forget_weight * forget_loss + maintain_loss + retain
+                    loss = step_loss(model, task.mode, forget, maintain, general, config, generator)
                 optimizer.zero_grad(set_to_none=True)
-                total.backward()
+                loss.total.backward()
                 torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
                 optimizer.step()
                 schedule.step()
-                for values, loss in zip((log.forget, log.maintain, log.retain, log.total), (forget_loss, maintain_loss, retain, total)):
-                    values.append(float(loss.detach()))
+                for values, term in zip((log.forget, log.maintain, log.retain, log.total), (loss.forget, loss.maintain, loss.retain, loss.total)):
+                    values.append(float(term.detach()))
                 if not math.isfinite(log.total[-1]):
                     raise FloatingPointError(f"The loss diverged at step {len(log.total)}; lower the learning rate")
                 if config.check_every and (step % config.check_every == 0 or step == config.steps):

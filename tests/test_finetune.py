@@ -4,6 +4,7 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from unittest import mock
 
 import pandas as pd
 import pytest
@@ -20,9 +21,11 @@ from helpers.finetune import (
     restored,
     retain_chunks,
     retain_loss,
+    step_loss,
     train_localized,
     unlearning_loss,
 )
+import helpers.finetune as finetune
 from helpers.precision import Precision
 from helpers.localization import Component, Localization, named_weights
 from helpers.models import LoadedModel
@@ -106,6 +109,58 @@ def test_a_criterion_met_at_the_first_check_stops_there_and_no_check_trains_to_t
     assert stopped.steps == 2 and stopped.reached is True
     assert unchecked.steps == 6 and unchecked.checks == [] and unchecked.reached is None and unchecked.check_seconds == 0
     assert unchecked.forget[:2] == pytest.approx(stopped.forget)  # the same steps up to the stop
+
+
+def plain_answer_loss(model, frame: pd.DataFrame, column: str) -> torch.Tensor:
+    """Cross-entropy toward ``column``'s first token, one prompt per forward pass, every position's logits."""
+    losses = []
+    for prompt, answer in zip(frame.prompt, frame[column]):
+        logits = model.hf_model(model.tokenizer(prompt, return_tensors="pt").input_ids).logits[0, -1]
+        losses.append(-logits.log_softmax(-1)[first_token_ids(model.tokenizer, [answer])[0]])
+    return torch.stack(losses).mean()
+
+
+def test_one_step_loss_is_the_papers_sum_of_plainly_computed_terms(setup):
+    model, task, _, chunks = setup
+    config = TrainingConfig(forget_weight=2.5, retain_length=16, retain_positions=4)
+    forget, maintain, general = task.forget_train.iloc[:3], task.maintain_train.iloc[:2], chunks[:2]
+    with torch.no_grad():
+        loss = step_loss(model, "edit", forget, maintain, general, config, torch.Generator().manual_seed(3))
+        positions = torch.randperm(15, generator=torch.Generator().manual_seed(3))[:4].sort().values
+        logits = model.hf_model(general).logits[:, positions]
+        retain = F.cross_entropy(logits.flatten(0, 1), general[:, positions + 1].flatten())
+        expected = {"forget": plain_answer_loss(model, forget, "new"), "maintain": plain_answer_loss(model, maintain, "true"),
+                    "retain": retain}
+        for term, value in expected.items():
+            torch.testing.assert_close(getattr(loss, term), value, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(loss.total, 2.5 * expected["forget"] + expected["maintain"] + retain, atol=1e-5, rtol=1e-4)
+        unlearn = step_loss(model, "unlearn", forget, maintain, general[:0], config, torch.Generator())
+        with_new = answer_logits(model, list(forget.prompt))
+        torch.testing.assert_close(unlearn.forget, unlearning_loss(model, with_new, list(forget.true)))
+        assert unlearn.retain == 0 and unlearn.total == 2.5 * unlearn.forget + unlearn.maintain
+    with pytest.raises(ValueError, match="mode must be one of"):
+        step_loss(model, "forget", forget, maintain, general, config, torch.Generator())
+
+
+def test_training_logs_the_step_loss_of_each_batch(setup):
+    """train_localized computes each step's loss with step_loss, on a batch of the task, and logs its terms."""
+    model, task, localization, chunks = setup
+    config = TrainingConfig(learning_rate=1e-2, steps=2, batch_size=2, retain_batch_size=1, retain_length=16,
+                            retain_positions=4, check_every=0)
+    calls = []
+
+    def recording(*args):
+        calls.append((args, step_loss(*args)))
+        return calls[-1][1]
+
+    with restored(model, localization), mock.patch.object(finetune, "step_loss", side_effect=recording):
+        log = train_localized(model, localization, task, chunks, config, seed=0, progress=False)
+    assert len(calls) == 2
+    for (_, mode, forget, maintain, general, *_), _ in calls:
+        assert mode == task.mode and len(forget) == len(maintain) == 2 and general.shape == (1, 16)
+        assert set(forget.subject) <= set(task.forget_train.subject) and set(maintain.subject) <= set(task.maintain_train.subject)
+    for term in ("forget", "maintain", "retain", "total"):
+        assert getattr(log, term) == [float(getattr(loss, term).detach()) for _, loss in calls], term
 
 
 def test_criterion_shortfall_is_zero_exactly_when_complete():
