@@ -8,6 +8,9 @@ Each metric is a probability, as in the paper (not an argmax accuracy):
 - **paraphrases**: the same three, ``paraphrase_*``, on other prompts for the same fact
   (sports: :func:`~helpers.prompts.paraphrase_prompts_for_sports`; CounterFact: its
   ``paraphrase_prompts``), averaged per fact, then over facts;
+- **the paper's format** (sports only): the same three, ``system_qa_*``, in the format in which
+  the paper measures its sports tables (:func:`~helpers.prompts.sports_system_qa_prompt`: a
+  system instruction, a worked question, the question), one prompt per fact;
 - **neighborhood** (CounterFact only): ``neighborhood_accuracy`` = P(true) on the forget
   facts' neighborhood prompts: other subjects with the same relation *and the same true
   answer* (see ``scripts/build_counterfact.py``), which an edit must not move;
@@ -40,12 +43,13 @@ import torch.nn.functional as F
 from helpers.finetune import retain_chunks
 from helpers.formats import MCQ_FORMATS, mcq_item, shuffled_options
 from helpers.models import LoadedModel
-from helpers.prompts import SPORT_ANSWERS, SPORTS, completion_question, paraphrase_prompts_for_sports, sports_question
+from helpers.prompts import SPORT_ANSWERS, SPORTS, completion_question, paraphrase_prompts_for_sports, sports_question, sports_system_qa_prompt
 from helpers.scoring import candidate_probs, final_hidden, renormalize, unembed
 from helpers.tasks import EditTask, athlete_rows, fact_rows
 
 COMPLETION_FORMATS = ("fact", "paraphrase")
 EVAL_FORMATS = (*COMPLETION_FORMATS, *MCQ_FORMATS)
+SPORTS_FORMATS = ("system_qa",)  # measured on sports tasks only (the paper's own sports format)
 GENERAL_LENGTH = 128  # tokens per general-text chunk when texts are given
 USABLE_MARGIN = 0.05  # a format is usable when P(true) exceeds chance by more than this
 NO_ANSWER = -1
@@ -68,6 +72,11 @@ def is_sports(task: EditTask) -> bool:
     return task.candidates is not None
 
 
+def task_formats(task: EditTask) -> tuple[str, ...]:
+    """The formats measured on ``task``: :data:`EVAL_FORMATS`, and for sports :data:`SPORTS_FORMATS`."""
+    return (*EVAL_FORMATS, *SPORTS_FORMATS) if is_sports(task) else EVAL_FORMATS
+
+
 def _position(options: Sequence[str], answer: str, where: str) -> int:
     if answer not in options:
         raise ValueError(f"{where}: answer {answer!r} is not among the options {list(options)}")
@@ -79,14 +88,18 @@ def _options(row) -> list[str]:
 
 
 def completion_prompts(row, fmt: str, sports: bool) -> list[str]:
-    """The prompts of one fact in a completion format: ``fact``, ``paraphrase`` or ``neighborhood``."""
+    """The prompts of one fact in a completion format: ``fact``, ``paraphrase``, ``system_qa`` or ``neighborhood``."""
     if fmt == "fact":
         return [row.prompt]
+    if fmt == "system_qa":
+        if not sports:
+            raise ValueError("The system_qa format asks for an athlete's sport: sports tasks only")
+        return [sports_system_qa_prompt(row.subject)]
     if fmt == "paraphrase":
         return paraphrase_prompts_for_sports(row.subject) if sports else list(row.paraphrase_prompts)
     if fmt == "neighborhood":
         return list(row.neighborhood_prompts)
-    raise ValueError(f"Unknown completion format {fmt!r}; choose one of {(*COMPLETION_FORMATS, 'neighborhood')}")
+    raise ValueError(f"Unknown completion format {fmt!r}; choose one of {(*COMPLETION_FORMATS, *SPORTS_FORMATS, 'neighborhood')}")
 
 
 def completion_questions(
@@ -173,8 +186,8 @@ def format_metrics(
     Keys are ``forget_error``, ``edit_accuracy``, ``maintain_accuracy`` for the fact prompt
     and the same prefixed by the format's name (``paraphrase_forget_error``, ...) otherwise.
     """
-    if fmt not in EVAL_FORMATS:
-        raise ValueError(f"Unknown format {fmt!r}; choose one of {EVAL_FORMATS}")
+    if fmt not in task_formats(task):
+        raise ValueError(f"Unknown format {fmt!r} for task {task.name!r}; choose one of {task_formats(task)}")
     _check_task(task)
     edit = task.mode == "edit"
     splits = {"forget": (task.forget_eval, edit), "maintain": (task.maintain_eval, False)}
@@ -283,11 +296,11 @@ def evaluate_task(
     n_orders: int = 2, seed: int = 0, batch_size: int = 32, max_general_tokens: int | None = 2048,
 ) -> dict[str, float]:
     """Every metric of the module docstring, as one flat dict (edit keys only for edits,
-    ``neighborhood_accuracy`` only for CounterFact)."""
+    ``system_qa_*`` only for sports, ``neighborhood_accuracy`` only for CounterFact)."""
     if n_orders < 1:
         raise ValueError(f"n_orders must be at least 1, got {n_orders}")
     metrics: dict[str, float] = {}
-    for fmt in EVAL_FORMATS:
+    for fmt in task_formats(task):
         metrics |= format_metrics(model, task, fmt, n_orders=n_orders, seed=seed, batch_size=batch_size)
     if not is_sports(task):
         metrics["neighborhood_accuracy"] = neighborhood_accuracy(model, task, batch_size=batch_size)

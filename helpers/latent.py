@@ -21,6 +21,11 @@ athletes never play the edited sport. Shares are taken over the athletes whose s
 among the probe's classes. A probe still assigns one of its classes to a state it never saw
 (a golf state), so for Sports-Sport-Edit ``share_true`` says how often the original sport
 wins among the sports the probe knows, not that golf was read.
+
+Layer ``l`` is the residual stream after block ``l`` (blocks counted from 0). The paper reports
+one layer of Gemma-7B (28 blocks): Hugging Face's ``hidden_states[8]``, the stream after 8 blocks
+(index 0 is the embeddings), our layer 7. :func:`paper_depth_layer` gives the layer of another
+model at the same relative depth.
 """
 
 from __future__ import annotations
@@ -40,6 +45,24 @@ from helpers.tasks import EditTask
 
 LayerStates = dict[int, np.ndarray]  # layer -> (n_athletes, d_model)
 PROBE_VARIANTS = ("original", "edited")
+PAPER_PROBE_BLOCKS, PAPER_N_LAYERS = 8, 28  # the paper's probe: Gemma-7B's hidden_states[8], after 8 of its 28 blocks
+
+
+def blocks_at_paper_depth(n_layers: int) -> int:
+    """How many of ``n_layers`` blocks lie below the paper's probe at the same relative depth.
+
+    ``round(8 * n_layers / 28)`` (halves up), at least 1 and at most ``n_layers``: 8 for Gemma-7B
+    itself, 5 for an 18-layer model. It is the index into Hugging Face's ``hidden_states``.
+    """
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+    return min(n_layers, max(1, int(np.floor(PAPER_PROBE_BLOCKS * n_layers / PAPER_N_LAYERS + 0.5))))
+
+
+def paper_depth_layer(n_layers: int) -> int:
+    """Our probe layer (the output of this block, ``L{layer}`` in :func:`latent_metrics`) at the
+    paper's relative depth: 7 for 28 layers, 4 for 18 (see :func:`blocks_at_paper_depth`)."""
+    return blocks_at_paper_depth(n_layers) - 1
 
 
 def prompt_states(

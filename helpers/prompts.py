@@ -8,6 +8,10 @@ Four formats ask for the same fact in different ways (the paper's robustness tes
   the letters;
 - the **cloze multiple choice**: the options listed in the question, the answer scored as
   the option's word (a format small models can answer when letters are beyond them).
+
+A fifth, for sports only, is the paper's own evaluation format (:func:`sports_system_qa_prompt`):
+the "Normal" forget, maintain and edit accuracies of its sports tables are measured in it, not
+in the fact prompt the edits are trained on.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ LETTERS: tuple[str, ...] = ("A", "B", "C", "D", "E", "F")
 SPORTS_FACT_TEMPLATE = "Fact: Tiger Woods plays the sport of golf\nFact: {athlete} plays the sport of"
 SPORTS_QUESTION_TEMPLATE = "What sport does {athlete} play?"
 SPORTS_SYSTEM_PROMPT = "You are a helpful sports expert. Answer with the name of one sport."
+# The paper's evaluation format opens with an instruction of this content (in our words): a helpful
+# assistant for questions about athletes, asked to be as helpful and as correct as it can.
+SPORTS_QA_INSTRUCTION = "You are a helpful assistant who answers questions about athletes. Be as helpful and as accurate as you can."
+SPORTS_QA_EXAMPLE = ("Tiger Woods", "golf")  # the worked example before the question, as in the fact prompt
 # Completions whose next word is the sport for every sport, golf included ("is a professional"
 # would be completed by the single token " golfer", not " golf").
 SPORTS_COMPLETION_PARAPHRASES: tuple[str, ...] = (
@@ -46,6 +54,22 @@ def paraphrase_prompts_for_sports(athlete: str) -> list[str]:
     question = qa_prompt(sports_question(athlete))
     completions = [template.format(athlete=athlete) for template in SPORTS_COMPLETION_PARAPHRASES]
     return [question, f"{SPORTS_SYSTEM_PROMPT}\n{question}", *completions]
+
+
+def sports_system_qa_prompt(athlete: str) -> str:
+    """The paper's sports evaluation format: a system instruction, one worked question, the question.
+
+    ``{instruction} Question: What sport does Tiger Woods play? Answer: golf\nQuestion: What
+    sport does {athlete} play? Answer:``: question and answer on one line, the next word scored.
+    This is the layout of the authors' evaluation with ``use_system_prompt=True`` and no further
+    examples (their "Normal" format); the instruction has the same content as theirs, in our words.
+    None of the paper's models (Gemma-7B, Gemma-2-9B, Llama-3-8B: base models) nor our embedded
+    model is given a chat template, so the system prompt is rendered as plain text before the
+    worked question, separated by a space, as the authors' code renders it for theirs.
+    """
+    example, sport = SPORTS_QA_EXAMPLE
+    worked = f"Question: {sports_question(example)} Answer: {sport}"
+    return f"{SPORTS_QA_INSTRUCTION} {worked}\nQuestion: {sports_question(athlete)} Answer:"
 
 
 def fill(template: str, subject: str) -> str:

@@ -20,9 +20,10 @@ from helpers.evaluation import (
     other_kind_quiz,
     per_fact_probabilities,
     quiz_accuracy,
+    task_formats,
 )
 from helpers.finetune import retain_chunks
-from helpers.prompts import LETTERS, SPORTS, paraphrase_prompts_for_sports
+from helpers.prompts import LETTERS, SPORTS, paraphrase_prompts_for_sports, sports_system_qa_prompt
 from helpers.scoring import candidate_probs, renormalize
 from helpers.tasks import counterfact_edit, sports_athlete_edit
 
@@ -82,6 +83,20 @@ def test_sports_paraphrases_average_the_templates_per_fact(tiny_model):
     per_fact = [p_sport(tiny_model, paraphrase_prompts_for_sports(r.subject), [r.true] * len(prompts)).mean() for r in maintain.itertuples()]
     metrics = format_metrics(tiny_model, task, "paraphrase")
     assert metrics["paraphrase_maintain_accuracy"] == pytest.approx(np.mean(per_fact), abs=1e-6)
+
+
+def test_the_papers_sports_format_is_measured_on_sports_tasks_only(tiny_model):
+    task = sports_task()
+    forget, maintain = task.forget_eval, task.maintain_eval
+    metrics = format_metrics(tiny_model, task, "system_qa")
+    prompts = [sports_system_qa_prompt(a) for a in forget.subject]
+    assert metrics["system_qa_edit_accuracy"] == pytest.approx(p_sport(tiny_model, prompts, forget.new).mean(), abs=1e-6)
+    assert metrics["system_qa_forget_error"] == pytest.approx(1 - p_sport(tiny_model, prompts, forget.true).mean(), abs=1e-6)
+    maintained = [sports_system_qa_prompt(a) for a in maintain.subject]
+    assert metrics["system_qa_maintain_accuracy"] == pytest.approx(p_sport(tiny_model, maintained, maintain.true).mean(), abs=1e-6)
+    assert "system_qa" in task_formats(task) and "system_qa" not in task_formats(counterfact_task())
+    with pytest.raises(ValueError, match="Unknown format 'system_qa' for task 'counterfact_edit'"):
+        format_metrics(tiny_model, counterfact_task(), "system_qa")
 
 
 def test_with_two_candidates_edit_accuracy_equals_forget_error(tiny_model):
@@ -162,10 +177,11 @@ def test_quiz_is_of_the_other_kind_without_the_tasks_subjects(tiny_model):
 
 def test_evaluate_task_gives_every_metric(tiny_model):
     formats = ["", "paraphrase_", "lettered_mcq_", "cloze_mcq_"]
-    for task, extra in ((sports_task(), set()), (counterfact_task(), {"neighborhood_accuracy"})):
+    sports, counterfact = (sports_task(), [*formats, "system_qa_"], set()), (counterfact_task(), formats, {"neighborhood_accuracy"})
+    for task, prefixes, extra in (sports, counterfact):  # the paper's Q/A format on sports tasks only
         quiz = other_kind_quiz(task, athletes=ATHLETES, facts=FACTS, n=4)
         metrics = evaluate_task(tiny_model, task, quiz=quiz, general_chunks_or_texts=TEXT, max_general_tokens=64)
-        expected = {f"{p}{m}" for p in formats for m in ("forget_error", "edit_accuracy", "maintain_accuracy")}
+        expected = {f"{p}{m}" for p in prefixes for m in ("forget_error", "edit_accuracy", "maintain_accuracy")}
         assert set(metrics) == expected | extra | {"general_loss", "quiz_accuracy"}
         assert all(0 <= v <= 1 for k, v in metrics.items() if k != "general_loss") and metrics["general_loss"] > 0
         assert metrics["forget_error"] == pytest.approx(format_metrics(tiny_model, task, "fact")["forget_error"])

@@ -7,10 +7,12 @@ import pytest
 from helpers.counterfact import load_counterfact
 from helpers.latent import (
     AthleteStates,
+    blocks_at_paper_depth,
     decoded_shares,
     fit_layer_probes,
     latent_metrics,
     latent_shares,
+    paper_depth_layer,
     probe_training_set,
     prompt_states,
     task_states,
@@ -34,6 +36,15 @@ def states_of(task, sport_of) -> AthleteStates:
     """Synthetic states of every task athlete, encoding ``sport_of(row)``."""
     rows = pd.concat([task.forget_train, task.forget_eval, task.maintain_train, task.maintain_eval]).drop_duplicates("subject")
     return AthleteStates(tuple(rows.subject), encode([sport_of(r) for r in rows.itertuples()]))
+
+
+def test_the_papers_probe_depth_on_other_models():
+    """Gemma-7B's hidden_states[8] is after 8 of 28 blocks (our layer 7); 18 blocks: after 5 (layer 4)."""
+    assert (blocks_at_paper_depth(28), paper_depth_layer(28)) == (8, 7)
+    assert (blocks_at_paper_depth(18), paper_depth_layer(18)) == (5, 4)
+    assert blocks_at_paper_depth(7) == 2 and blocks_at_paper_depth(1) == 1 and paper_depth_layer(2) == 0
+    with pytest.raises(ValueError, match="n_layers"):
+        blocks_at_paper_depth(0)
 
 
 def test_probes_decode_the_sport_the_states_encode():

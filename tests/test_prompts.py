@@ -1,12 +1,29 @@
 import pytest
 
-from helpers.prompts import cloze_mcq_prompt, fill, lettered_mcq_prompt, qa_prompt, sports_fact_prompt
+from helpers.prompts import (
+    SPORTS_QA_INSTRUCTION,
+    cloze_mcq_prompt,
+    fill,
+    lettered_mcq_prompt,
+    qa_prompt,
+    sports_fact_prompt,
+    sports_system_qa_prompt,
+)
 
 
 def test_sports_fact_prompt_is_the_papers_one_shot_prompt():
     assert sports_fact_prompt("LeBron James") == (
         "Fact: Tiger Woods plays the sport of golf\nFact: LeBron James plays the sport of"
     )
+
+
+def test_the_papers_sports_format_is_an_instruction_a_worked_question_and_the_question():
+    prompt = sports_system_qa_prompt("LeBron James")
+    assert prompt == (
+        f"{SPORTS_QA_INSTRUCTION} Question: What sport does Tiger Woods play? Answer: golf\n"
+        "Question: What sport does LeBron James play? Answer:"
+    )
+    assert "<start_of_turn>" not in prompt and SPORTS_QA_INSTRUCTION.endswith(".")  # plain text, no chat template
 
 
 def test_multiple_choice_formats():
