@@ -72,6 +72,8 @@ class RobustnessSettings:
             raise ValueError(f"Unknown relearning attacks {unknown}; choose from {ATTACKS}")
         if self.mmlu_limit is not None and self.mmlu_limit < 1:
             raise ValueError(f"mmlu_limit must be None or a positive number of questions per subject, got {self.mmlu_limit}")
+        if isinstance(self.strength_curve_tasks, str):
+            raise ValueError(f"strength_curve_tasks must be a tuple of task names, got the string {self.strength_curve_tasks!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -46,6 +46,8 @@ def test_settings_name_what_is_out_of_range():
         RobustnessSettings(eval_precision="float16")
     with pytest.raises(ValueError, match="Unknown relearning attacks"):
         RobustnessSettings(relearn_attacks=("lora", "sgd"))
+    with pytest.raises(ValueError, match="a tuple of task names"):
+        RobustnessSettings(strength_curve_tasks="sports_athlete_edit")
 
 
 def test_the_strength_curve_is_recorded_at_each_check_for_the_named_tasks(tiny_model, tmp_path, monkeypatch):
