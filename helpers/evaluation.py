@@ -179,18 +179,20 @@ def per_fact_probabilities(
 
 
 def format_metrics(
-    model: LoadedModel, task: EditTask, fmt: str, *, n_orders: int = 2, seed: int = 0, batch_size: int = 32
+    model: LoadedModel, task: EditTask, fmt: str, *, n_orders: int = 2, seed: int = 0, batch_size: int = 32,
+    maintain: bool = True,
 ) -> dict[str, float]:
     """Forget error, edit accuracy (edits only) and maintain accuracy of one format.
 
     Keys are ``forget_error``, ``edit_accuracy``, ``maintain_accuracy`` for the fact prompt
     and the same prefixed by the format's name (``paraphrase_forget_error``, ...) otherwise.
+    ``maintain=False`` scores the forget facts alone (no ``maintain_accuracy``).
     """
     if fmt not in task_formats(task):
         raise ValueError(f"Unknown format {fmt!r} for task {task.name!r}; choose one of {task_formats(task)}")
     _check_task(task)
     edit = task.mode == "edit"
-    splits = {"forget": (task.forget_eval, edit), "maintain": (task.maintain_eval, False)}
+    splits = {"forget": (task.forget_eval, edit)} | ({"maintain": (task.maintain_eval, False)} if maintain else {})
     questions = []
     for split, (frame, with_new) in splits.items():
         if fmt in MCQ_FORMATS:
@@ -200,10 +202,9 @@ def format_metrics(
     renormalized = fmt in MCQ_FORMATS or is_sports(task)
     means = per_fact_probabilities(model, questions, renormalized=renormalized, batch_size=batch_size).groupby(level="split").mean()
     prefix = "" if fmt == "fact" else f"{fmt}_"
-    metrics = {
-        f"{prefix}forget_error": float(1 - means.loc["forget", "p_true"]),
-        f"{prefix}maintain_accuracy": float(means.loc["maintain", "p_true"]),
-    }
+    metrics = {f"{prefix}forget_error": float(1 - means.loc["forget", "p_true"])}
+    if maintain:
+        metrics[f"{prefix}maintain_accuracy"] = float(means.loc["maintain", "p_true"])
     if edit:
         metrics[f"{prefix}edit_accuracy"] = float(means.loc["forget", "p_new"])
     return metrics

@@ -23,7 +23,9 @@ trained half) in the training format, with the task's probability convention
 mean P(new) >= ``min_p_new`` (.9) and mean P(true) <= ``max_p_true`` (.1); unlearning when mean
 P(true) <= ``max_p_true``. :func:`criterion_shortfall` says how far a check is from it (0 when
 complete). The log keeps every check, the steps taken and whether the criterion was reached, so
-localizations are compared at the same edit strength, not at the same number of steps.
+localizations are compared at the same edit strength, not at the same number of steps. A
+``checkpoint`` function, when given, measures more at every check (the robustness measures of
+the strength curve, :mod:`helpers.robustness`); its values join the check's row of the log.
 
 What makes it fast on a CPU, without changing the loss: only the last position's logits are
 computed for the fact losses, and only the sampled positions' logits for the retain loss (the
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -281,6 +283,7 @@ class TrainingLog:
     seconds: float
     checks: list[dict] = field(default_factory=list)
     check_seconds: float = 0.0  # the part of ``seconds`` spent on the checks
+    checkpoint_seconds: float = 0.0  # the part of ``check_seconds`` spent in the ``checkpoint`` function
 
     @property
     def steps(self) -> int:
@@ -294,6 +297,9 @@ class TrainingLog:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+Checkpoint = Callable[[LoadedModel, EditTask], dict[str, float]]
 
 
 def _sample(n_rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -311,10 +317,13 @@ def train_localized(
     seed: int,
     progress: bool = True,
     reuse_frozen: bool = True,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainingLog:
     """Fine-tune ``localization``'s weights on ``task`` in place (wrap in :func:`restored`).
 
     Stops once a completeness check meets the criterion, else at the cap ``config.steps`` (module doc).
+    ``checkpoint(model, task)`` runs at every completeness check, in the check's precision and
+    evaluation mode, and its values join the check's row; it must not change the model.
     ``reuse_frozen`` runs the layers below the localization once per prompt and general-text chunk
     (:mod:`helpers.reuse`); ``False`` runs the full forward pass at every step (same losses).
     """
@@ -323,6 +332,8 @@ def train_localized(
     parameters = [p for p in model.hf_model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("No parameter requires gradients: call inside `with restored(model, localization):`")
+    if checkpoint is not None and not config.check_every:
+        raise ValueError("A checkpoint runs at the completeness checks: config.check_every must be at least 1")
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
@@ -355,7 +366,12 @@ def train_localized(
                     check_start = time.perf_counter()
                     model.hf_model.eval()
                     with precision.active(), reusing(model, localization.start_layer, enabled=reuse_frozen):
-                        log.checks.append(completeness_check(model, task, config, step))
+                        check = completeness_check(model, task, config, step)
+                        if checkpoint is not None:
+                            checkpoint_start = time.perf_counter()
+                            check |= checkpoint(model, task)
+                            log.checkpoint_seconds += time.perf_counter() - checkpoint_start
+                        log.checks.append(check)
                     model.hf_model.train()
                     log.check_seconds += time.perf_counter() - check_start
                     if log.checks[-1]["complete"]:

@@ -105,3 +105,27 @@ def radar(means: pd.DataFrame, title: str) -> go.Figure:
                                       line_color=LOCALIZATION_COLOURS.get(str(localization))))
     fig.update_layout(title=title, polar={"radialaxis": {"range": [0, 1]}}, legend_title_text="localization")
     return fig
+
+
+def strength_figure(curves: pd.DataFrame, matched: pd.DataFrame, title: str, labels: dict[str, str] | None = None) -> go.Figure:
+    """Robustness against training-format edit accuracy, one panel per measure (the strength curve).
+
+    ``curves`` (:func:`helpers.results.strength_curves`) and ``matched``
+    (:func:`helpers.results.matched_strength`) of one task: every check of every seed is a faint
+    point; the line joins each localization's bin means (at the mean edit accuracy of its checks in the bin).
+    """
+    measures = [m for m in dict.fromkeys(curves.measure) if m in set(matched.measure)]
+    curves = curves[curves.measure.isin(measures)]  # both figures get the same panels, in the same order
+    order = {**COLOUR_ORDER, "measure": measures}
+    common = {"x": "edit_accuracy", "color": "localization", "facet_col": "measure", "facet_col_wrap": 3,
+              "color_discrete_map": LOCALIZATION_COLOURS, "category_orders": order}
+    names = {"edit_accuracy": "training-format edit accuracy (trained facts)", "value": "robustness measure"}
+    fig = px.line(matched.sort_values("edit_accuracy"), y="value", markers=True, title=title, labels=names, **common)
+    points = px.scatter(curves, y="value", opacity=0.35, hover_data=["seed", "step"], labels=names, **common)
+    for trace in points.data:
+        fig.add_trace(trace.update(showlegend=False, marker_size=6))
+    fig.for_each_annotation(lambda a: a.update(text=(labels or {}).get(a.text.split("=")[-1], a.text.split("=")[-1])))
+    fig.update_xaxes(range=[0, 1.02])
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_layout(legend_title_text="localization")
+    return fig

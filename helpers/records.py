@@ -15,7 +15,9 @@ What is measured is a :class:`Measurements`: ``evaluate`` runs on the model befo
 the edit (the before values are cached per task, since every localization starts from the
 same model), ``attack`` only on the edited model (relearning, probes: anything that needs the
 edited weights), and ``prepare``, when given, on the unedited model just before a run trains
-(to keep what an attack compares against, such as the original hidden states). Their ``settings`` are part of the run's key, so changing what is measured
+(to keep what an attack compares against, such as the original hidden states), and ``checkpoint``, when
+given, at every completeness check during training (its values join the checks in ``curves.checks``:
+the strength curve of :mod:`helpers.robustness`). Their ``settings`` are part of the run's key, so changing what is measured
 re-runs the grid instead of mixing old and new metrics.
 """
 
@@ -33,7 +35,7 @@ import pandas as pd
 import torch
 
 from helpers.cache import results_dir, write_json
-from helpers.finetune import TrainingConfig, restored, train_localized, weights_dtype
+from helpers.finetune import Checkpoint, TrainingConfig, restored, train_localized, weights_dtype
 from helpers.keys import model_key, prompts_digest
 from helpers.localization import Localization
 from helpers.models import LoadedModel
@@ -65,19 +67,22 @@ Attack = Callable[[LoadedModel, EditTask, Localization], dict]
 
 @dataclass(frozen=True)
 class Measurements:
-    """What a run measures: ``evaluate`` before and after the edit, ``attack`` after it only."""
+    """What a run measures: ``evaluate`` before and after the edit, ``attack`` after it only, ``checkpoint`` during it."""
 
     evaluate: Evaluate = training_format_metrics
     attack: Attack | None = None
     prepare: Callable[[LoadedModel, EditTask], None] | None = None
+    checkpoint: Checkpoint | None = None
     settings: dict = field(default_factory=dict)  # everything that changes the numbers; part of the key
 
     def key(self) -> dict:
-        return {
+        """The part of a run's key that names what is measured (``checkpoint`` only when set)."""
+        key = {
             "evaluate": self.evaluate.__qualname__,
             "attack": self.attack.__qualname__ if self.attack else None,
             "settings": self.settings,
         }
+        return key | ({"checkpoint": self.checkpoint.__qualname__} if self.checkpoint else {})
 
 
 def run_key(configuration: dict) -> str:
@@ -143,7 +148,8 @@ def run_experiment(
         measurements.prepare(model, task)
     seed_everything(seed)
     with restored(model, localization):
-        log = train_localized(model, localization, task, general_chunks, config, seed=seed, progress=progress)
+        log = train_localized(model, localization, task, general_chunks, config, seed=seed, progress=progress,
+                              checkpoint=measurements.checkpoint)
         start = time.perf_counter()
         after = measurements.evaluate(model, task)
         attacks = measurements.attack(model, task, localization) if measurements.attack else {}

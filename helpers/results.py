@@ -11,11 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from helpers.formats import MCQ_FORMATS
+from helpers.localization import FACT_LOOKUP, OUTPUT_TRACING
 from helpers.prompts import SPORT_ANSWERS
 from helpers.relearning import ATTACKS, attack_fit, is_informative
+from helpers.robustness import STRENGTH_FORMATS
 
 RUN_COLUMNS = ["task", "localization", "seed"]
 # Multiple-choice questions list the true answer and three wrong ones in both data sets.
@@ -207,3 +210,71 @@ def latent_shares_long(records: pd.DataFrame) -> pd.DataFrame:
                      var_name="decoded as", value_name="share")
     long["decoded as"] = long["decoded as"].map({"share_true": "original sport", "share_new": "new sport"})
     return long
+
+
+STRENGTH_KINDS = ("edit_accuracy", "forget_error")  # each robustness measure of the strength curve, per format
+
+
+def strength_curves(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, completeness check and robustness measure of the strength curve (:mod:`helpers.robustness`).
+
+    Columns: the run (task, localization, seed), the check's ``step``, the training format's
+    ``edit_accuracy`` (P(new)) and ``forget_error`` (1 - P(true)) on the trained facts, as the
+    completeness check measured them, and the robustness ``measure`` (``paraphrase_edit_accuracy``,
+    ``cloze_mcq_forget_error``, ...), its ``format`` and its ``value`` on the evaluated facts. Runs
+    whose checks hold no robustness measure (strength curve off for their task) have no rows.
+    """
+    _check(records, ["curves.checks"])
+    measures = {f"{fmt}_{kind}": fmt for fmt in STRENGTH_FORMATS for kind in STRENGTH_KINDS}
+    rows = []
+    for run, checks in zip(records[RUN_COLUMNS].itertuples(index=False), records["curves.checks"]):
+        for check in checks if isinstance(checks, list) else []:
+            point = {**dict(zip(RUN_COLUMNS, run)), "step": check["step"],
+                     "edit_accuracy": np.nan if check["p_new"] is None else check["p_new"], "forget_error": 1 - check["p_true"]}
+            rows += [{**point, "measure": m, "format": fmt, "value": check[m]} for m, fmt in measures.items() if m in check]
+    if not rows:
+        raise ValueError("No strength curve in the records (notebook 04's strength_curve_tasks names the tasks that measure it)")
+    return pd.DataFrame(rows)
+
+
+def strength_bins(edit_accuracy: pd.Series, edges: Sequence[float]) -> pd.Series:
+    """The bin of each edit accuracy: ``[lo, hi)``, the last one closed; NaN outside the edges."""
+    edges = [float(e) for e in edges]
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"The bin edges must be at least two increasing numbers, got {edges}")
+    labels = [f"[{lo:g}, {hi:g}{']' if i == len(edges) - 2 else ')'}" for i, (lo, hi) in enumerate(zip(edges, edges[1:]))]
+    x = edit_accuracy.to_numpy(dtype=float)
+    index = np.where(x == edges[-1], len(edges) - 1, np.digitize(x, edges))  # edges[i-1] <= x < edges[i]
+    inside = (index >= 1) & (index < len(edges)) & ~np.isnan(x)
+    return pd.Series(pd.Categorical([labels[i - 1] if ok else None for i, ok in zip(index, inside)], categories=labels),
+                     index=edit_accuracy.index)
+
+
+def matched_strength(curves: pd.DataFrame, edges: Sequence[float]) -> pd.DataFrame:
+    """Robustness at matched edit strength: per task, measure, bin of training-format edit accuracy
+    (:func:`strength_bins`) and localization, the mean ``value`` and mean ``edit_accuracy`` of the
+    checks in the bin, and how many ``checks`` and ``seeds`` they come from (bins with no check are left out)."""
+    binned = curves.assign(bin=strength_bins(curves.edit_accuracy, edges)).dropna(subset=["bin", "value"])
+    grouped = binned.groupby(["task", "measure", "bin", "localization"], observed=True, sort=False)
+    table = grouped.agg(edit_accuracy=("edit_accuracy", "mean"), value=("value", "mean"),
+                        checks=("value", "size"), seeds=("seed", "nunique"))
+    return table.reset_index()
+
+
+def matched_comparison(
+    matched: pd.DataFrame, reference: str = FACT_LOOKUP, comparators: Sequence[str] = OUTPUT_TRACING,
+) -> pd.DataFrame:
+    """Per task, measure and comparator: in how many strength bins both it and ``reference`` have checks
+    (``bins``), in how many the reference's mean lies above (``above``; every measure is higher when more
+    robust), and the mean difference reference minus comparator over those bins (NaN without a shared bin)."""
+    wide = matched.pivot_table(index=["task", "measure", "bin"], columns="localization", values="value", observed=True)
+    rows = []
+    for (task, measure), part in wide.groupby(level=["task", "measure"], sort=False):
+        for other in comparators:
+            if reference not in part or other not in part:
+                continue
+            difference = (part[reference] - part[other]).dropna()
+            rows.append({"task": task, "measure": measure, "localization": other, "bins": len(difference),
+                         "above": int((difference > 0).sum()),
+                         "mean difference": float(difference.mean()) if len(difference) else np.nan})
+    return pd.DataFrame(rows, columns=["task", "measure", "localization", "bins", "above", "mean difference"])

@@ -8,6 +8,14 @@ After the edit only (:meth:`Robustness.attack`): the relearning attacks of
 :mod:`helpers.relearning`, the soft-prompt attack of :mod:`helpers.soft_prompt`, and for sports
 the latent probes of :mod:`helpers.latent` (the original hidden states are read by
 :meth:`Robustness.prepare` just before the edit).
+During the edit (:meth:`Robustness.strength_point`, for the tasks named in
+``strength_curve_tasks``): the **strength curve**. At every completeness check of the training
+(:mod:`helpers.finetune`), the paraphrase and the two multiple-choice formats are scored on the
+evaluated forget facts (one option order, no maintain facts: a point of the curve costs a
+fraction of an evaluation), in the check's precision; the check itself gives the training
+format's edit accuracy and forget error on the trained facts, so each check is a point of
+robustness against edit strength, and localizations can be compared at equal edit strength
+rather than at their final, unequal one.
 
 The edit changes nothing below its lowest layer, so the evaluations after it and the ``full``
 relearning attack (training and measurements) run only the layers from there on, on the
@@ -23,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 import torch
 
-from helpers.evaluation import evaluate_task, general_chunks, is_sports, other_kind_quiz
+from helpers.evaluation import evaluate_task, format_metrics, general_chunks, is_sports, other_kind_quiz
+from helpers.formats import MCQ_FORMATS
 from helpers.general_text import load_general_text
 from helpers.latent import AthleteStates, latent_metrics, task_states
 from helpers.localization import Localization
@@ -35,6 +44,8 @@ from helpers.relearning import ATTACKS, RelearnConfig, attack_fit, relearn
 from helpers.reuse import edited_start, reusing
 from helpers.soft_prompt import SoftPromptConfig, soft_prompt_attack
 from helpers.tasks import EditTask
+
+STRENGTH_FORMATS = ("paraphrase", *MCQ_FORMATS)  # the robustness measures of the strength curve
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,7 @@ class RobustnessSettings:
     seed: int = 0  # option orders, quiz sample, relearning split and soft-prompt initialization
     batch_size: int = 32
     eval_precision: str = "auto"  # "bfloat16": the evaluation's matrix products in bf16; "auto": where the hardware has native bf16
+    strength_curve_tasks: tuple[str, ...] = ()  # tasks whose runs measure the strength curve during training; (): none
 
     def __post_init__(self) -> None:
         check_precision(self.eval_precision, "eval_precision")
@@ -60,6 +72,8 @@ class RobustnessSettings:
             raise ValueError(f"Unknown relearning attacks {unknown}; choose from {ATTACKS}")
         if self.mmlu_limit is not None and self.mmlu_limit < 1:
             raise ValueError(f"mmlu_limit must be None or a positive number of questions per subject, got {self.mmlu_limit}")
+        if isinstance(self.strength_curve_tasks, str):
+            raise ValueError(f"strength_curve_tasks must be a tuple of task names, got the string {self.strength_curve_tasks!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,5 +142,17 @@ class Robustness:
             results |= latent_metrics(task, self._original_states[task.fingerprint()], edited, seed=s.seed)
         return results
 
+    def strength_point(self, model: LoadedModel, task: EditTask) -> dict[str, float]:
+        """The strength curve's robustness measures at one completeness check (module doc); {} for other tasks."""
+        s = self.settings
+        if task.name not in s.strength_curve_tasks:
+            return {}
+        metrics: dict[str, float] = {}
+        for fmt in STRENGTH_FORMATS:
+            metrics |= format_metrics(model, task, fmt, n_orders=1, seed=s.seed, batch_size=s.batch_size, maintain=False)
+        return metrics
+
     def measurements(self) -> Measurements:
-        return Measurements(evaluate=self.evaluate, attack=self.attack, prepare=self.prepare, settings=self.settings.to_dict())
+        checkpoint = self.strength_point if self.settings.strength_curve_tasks else None
+        return Measurements(evaluate=self.evaluate, attack=self.attack, prepare=self.prepare, checkpoint=checkpoint,
+                            settings=self.settings.to_dict())

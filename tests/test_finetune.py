@@ -31,7 +31,7 @@ from helpers.localization import Component, Localization, named_weights
 from helpers.models import LoadedModel
 from helpers.prompts import SPORTS
 from helpers.records import training_format_metrics
-from helpers.scoring import first_token_ids
+from helpers.scoring import answer_probabilities, first_token_ids
 from helpers.tasks import sports_athlete_edit
 
 NAMES = ["Alice", "Boris", "Chen", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ingrid", "Jonas", "Kwame", "Lucia"]
@@ -309,3 +309,30 @@ def test_master_weights_keep_what_rounding_would_erase():
     assert weight.dtype == torch.bfloat16
     torch.testing.assert_close(masters.masters[0], torch.full((4,), float(torch.tensor(0.03).bfloat16()) - 2e-4))
     assert torch.all(weight < torch.tensor(0.03).bfloat16())
+
+
+def test_a_checkpoint_joins_every_check_and_leaves_the_training_unchanged(setup):
+    """The strength curve's hook: called once per check with the model mid-training; the same steps with it and without."""
+    model, task, localization, chunks = setup
+    config = TrainingConfig(learning_rate=1e-2, steps=3, batch_size=4, retain_batch_size=0, retain_length=16,
+                            retain_positions=4, check_every=2)
+    seen = []
+
+    def checkpoint(m, t):
+        seen.append(float(answer_probabilities(m, t.forget_train, t.forget_train.new.tolist(), t.candidates).mean()))
+        return {"paraphrase_edit_accuracy": 0.5 + len(seen)}
+
+    with restored(model, localization):
+        plain = train_localized(model, localization, task, chunks, config, seed=0, progress=False)
+    with restored(model, localization):
+        measured = train_localized(model, localization, task, chunks, config, seed=0, progress=False, checkpoint=checkpoint)
+    assert [c["step"] for c in measured.checks] == [2, 3] and len(seen) == 2
+    assert [c["paraphrase_edit_accuracy"] for c in measured.checks] == [1.5, 2.5]
+    assert measured.total == plain.total
+    for with_hook, without in zip(measured.checks, plain.checks):
+        assert {k: with_hook[k] for k in without} == without
+    assert seen == pytest.approx([c["p_new"] for c in measured.checks], abs=1e-5)  # the hook sees the check's weights
+    assert 0 < measured.checkpoint_seconds < measured.check_seconds and plain.checkpoint_seconds == 0
+    with pytest.raises(ValueError, match="check_every must be at least 1"), restored(model, localization):
+        train_localized(model, localization, task, chunks, replace(config, check_every=0), seed=0, progress=False,
+                        checkpoint=checkpoint)

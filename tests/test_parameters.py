@@ -42,6 +42,9 @@ def write_profile(root, profile):
         ({"notebooks": {"00_what_the_model_knows": {"n_facts": 3}}}, "notebook 00_what_the_model_knows: unknown key 'n_facts'"),
         ({"threshold": 1.5}, "Profile profiles/mine.yaml: threshold must lie in \\(0, 1\\), got 1.5"),
         ({"notebooks": {"04_localized_editing": {"tasks": ["sports_edit"]}}}, "tasks must be a non-empty list drawn from"),
+        ({"notebooks": {"04_localized_editing": {"strength_curve_tasks": ["sports"]}}}, "strength_curve_tasks must be a list drawn from"),
+        ({"notebooks": {"08_results": {"strength_bin_edges": [0.5, 0.2]}}},
+         "strength_bin_edges must be at least two increasing numbers in \\[0, 1\\], got \\[0.5, 0.2\\]"),
     ],
 )
 def test_bad_profile_is_refused_before_anything_runs(book_root, profile, message):

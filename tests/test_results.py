@@ -11,9 +11,13 @@ from helpers.results import (
     headline_mcq_format,
     headline_metrics,
     latent_by_layer,
+    matched_comparison,
+    matched_strength,
     mcq_usability,
     relearning_before_after,
     relearning_curves,
+    strength_bins,
+    strength_curves,
 )
 
 RECORDS = pd.DataFrame({
@@ -125,3 +129,50 @@ def test_attack_fits_read_both_halves_of_each_attack():
                                          ("soft_prompt", "fact_lookup"): True, ("soft_prompt", "causal_tracing"): False}
     with pytest.raises(ValueError, match="No attack results"):
         attack_fits(records[["task", "localization", "seed"]])
+
+
+def check(step: int, p_new: float, paraphrase: float) -> dict:
+    return {"step": step, "p_true": (1 - p_new) / 2, "p_new": p_new, "shortfall": 0.0, "complete": False,
+            "paraphrase_edit_accuracy": paraphrase, "cloze_mcq_edit_accuracy": paraphrase / 2}
+
+
+STRENGTH_RECORDS = pd.DataFrame({
+    "task": ["sports_athlete_edit"] * 4 + ["counterfact_edit"],
+    "localization": ["fact_lookup", "fact_lookup", "causal_tracing", "causal_tracing", "fact_lookup"],
+    "seed": [0, 1, 0, 1, 0],
+    "curves.checks": [
+        [check(4, 0.6, 0.5), check(8, 0.95, 0.9)], [check(4, 0.7, 0.7)],
+        [check(4, 0.3, 0.2), check(8, 0.65, 0.4), check(12, 0.92, 0.95)], [check(4, 0.62, 0.6)],
+        [{"step": 4, "p_true": 0.5, "p_new": 0.3, "shortfall": 0.9, "complete": False}],  # strength curve off
+    ],
+})
+
+
+def test_strength_curves_take_the_training_format_from_the_check():
+    curves = strength_curves(STRENGTH_RECORDS)
+    assert len(curves) == 2 * 7 and set(curves.task) == {"sports_athlete_edit"}  # the run without measures has no rows
+    row = curves[(curves.localization == "causal_tracing") & (curves.step == 8) & (curves.measure == "cloze_mcq_edit_accuracy")]
+    assert row.edit_accuracy.item() == 0.65 and row.forget_error.item() == pytest.approx(0.825)
+    assert row.value.item() == 0.2 and row.format.item() == "cloze_mcq"
+    with pytest.raises(ValueError, match="No strength curve"):
+        strength_curves(STRENGTH_RECORDS.tail(1))
+
+
+def test_strength_bins_are_closed_on_the_left_and_the_last_on_both_sides():
+    bins = strength_bins(pd.Series([0.0, 0.5, 0.89, 0.9, 1.0, float("nan")]), [0, 0.5, 0.9, 1])
+    assert bins.tolist()[:5] == ["[0, 0.5)", "[0.5, 0.9)", "[0.5, 0.9)", "[0.9, 1]", "[0.9, 1]"] and pd.isna(bins.iloc[5])
+    with pytest.raises(ValueError, match="increasing"):
+        strength_bins(pd.Series([0.5]), [0.5, 0.5])
+
+
+def test_matched_strength_compares_localizations_within_a_bin():
+    matched = matched_strength(strength_curves(STRENGTH_RECORDS), [0, 0.5, 0.9, 1])
+    paraphrase = matched[matched.measure == "paraphrase_edit_accuracy"].set_index(["bin", "localization"])
+    middle = paraphrase.loc[("[0.5, 0.9)", "causal_tracing")]
+    assert middle.value == pytest.approx(0.5) and middle.edit_accuracy == pytest.approx(0.635)
+    assert (middle.checks, middle.seeds) == (2, 2)
+    assert paraphrase.loc[("[0.5, 0.9)", "fact_lookup")].value == pytest.approx(0.6)
+    comparison = matched_comparison(matched).set_index("measure")
+    row = comparison.loc["paraphrase_edit_accuracy"]  # bins [0.5, 0.9): .6 vs .5; [0.9, 1]: .9 vs .95
+    assert (row.localization, row.bins, row.above) == ("causal_tracing", 2, 1)
+    assert row["mean difference"] == pytest.approx((0.1 - 0.05) / 2)

@@ -1,12 +1,19 @@
 """The grid's measurements (helpers.robustness): settings checks and the precision of the evaluation."""
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
 
 from helpers.counterfact import load_counterfact
-from helpers.evaluation import general_chunks
+from helpers.evaluation import format_metrics, general_chunks
+from helpers.finetune import TrainingConfig
+from helpers.formats import MCQ_FORMATS
+from helpers.localization import Component, Localization
 from helpers.prompts import SPORTS
+from helpers.records import Measurements, load_records, run_experiment
+from helpers.results import strength_curves
 from helpers.robustness import Robustness, RobustnessSettings
 from helpers.tasks import sports_athlete_edit
 
@@ -39,3 +46,39 @@ def test_settings_name_what_is_out_of_range():
         RobustnessSettings(eval_precision="float16")
     with pytest.raises(ValueError, match="Unknown relearning attacks"):
         RobustnessSettings(relearn_attacks=("lora", "sgd"))
+    with pytest.raises(ValueError, match="a tuple of task names"):
+        RobustnessSettings(strength_curve_tasks="sports_athlete_edit")
+
+
+def test_the_strength_curve_is_recorded_at_each_check_for_the_named_tasks(tiny_model, tmp_path, monkeypatch):
+    """Each check of a named task gets the paraphrase and MCQ measures of the forget facts; the training format comes
+    from the completeness check itself; with the setting off no hook runs and the key names none."""
+    monkeypatch.setenv("MECHUNLEARN_RESULTS", str(tmp_path))
+    task = sports_athlete_edit(ATHLETES, 3, seed=0, n_maintain=3)
+    settings = RobustnessSettings(quiz_size=4, max_general_tokens=64, soft_prompt=None, relearn_attacks=(), latent_probes=False,
+                                  eval_precision="float32", strength_curve_tasks=(task.name,))
+    on = Robustness(tiny_model, ATHLETES, load_counterfact().head(40), general_chunks(tiny_model, TEXT), settings)
+    point = on.strength_point(tiny_model, task)
+    expected = {}
+    for fmt in ("paraphrase", *MCQ_FORMATS):
+        expected |= format_metrics(tiny_model, task, fmt, n_orders=1, seed=0)
+    assert set(point) == {f"{fmt}_{kind}" for fmt in ("paraphrase", *MCQ_FORMATS) for kind in ("forget_error", "edit_accuracy")}
+    assert point == pytest.approx({k: expected[k] for k in point}, abs=1e-6)
+    assert on.strength_point(tiny_model, replace(task, name="sports_sport_edit")) == {}  # a task not named
+
+    localization = Localization.build("mlp1", tiny_model, [Component("mlp", 1)], "test")
+    config = TrainingConfig(learning_rate=1e-3, steps=2, batch_size=3, retain_batch_size=0, retain_length=16,
+                            retain_positions=4, check_every=1)
+    measure = Measurements(checkpoint=on.strength_point, settings=on.settings.to_dict())
+    record = run_experiment(tiny_model, task, localization, torch.zeros(1, 16, dtype=torch.long), config,
+                            seed=0, task_seed=0, measurements=measure)
+    checks = record["curves"]["checks"]
+    assert [c["step"] for c in checks] == [1, 2] and all(set(point) <= set(c) for c in checks)
+    curves = strength_curves(load_records())
+    assert len(curves) == 2 * len(point) and set(curves.step) == {1, 2}
+    assert curves.groupby("step").edit_accuracy.first().tolist() == [c["p_new"] for c in checks]
+
+    off = Robustness(tiny_model, ATHLETES, load_counterfact().head(40), general_chunks(tiny_model, TEXT),
+                     replace(settings, strength_curve_tasks=()))
+    assert off.measurements().checkpoint is None and "checkpoint" not in off.measurements().key()
+    assert on.measurements().key()["checkpoint"] == "Robustness.strength_point"
