@@ -1,5 +1,6 @@
 # make book  [PROFILE=cpu|ci|gpu]  set up, execute every notebook, build the HTML book
 # make test                         set up, run the unit tests, model tests and notebooks (ci profile)
+# make test-alone                   set up, run every chapter on its own in an empty results folder (slow)
 # make exercises                    write the student version of every chapter to _build/exercises/
 # PRECISION=float32|bfloat16        force one precision over every precision parameter of the run
 #                                   (default: each parameter's own value, "auto" for most)
@@ -11,7 +12,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup book test exercises clean
+.PHONY: setup book test test-alone exercises clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +30,9 @@ book: setup
 test: setup
 	$(BIN)/python -c "from helpers.precision import describe_hardware; print('[test] precision:', describe_hardware())"
 	$(BIN)/python -m pytest -v --durations=15
+
+test-alone: setup
+	$(BIN)/python -m pytest -v -m alone --durations=0 tests/test_alone.py
 
 exercises: setup
 	$(BIN)/python -m helpers.exercises --out _build/exercises

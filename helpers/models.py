@@ -21,6 +21,8 @@ import os
 import shutil
 import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -171,16 +173,43 @@ def embedded_model_folder() -> Path:
     return folder
 
 
+@contextmanager
+def gguf_read_once() -> Iterator[None]:
+    """Within this block, every ``gguf.GGUFReader`` of one file is the first one made.
+
+    transformers opens a GGUF file three times (config, weights, tokenizer), and each reader parses
+    the file's metadata, whose 262,144-token vocabulary takes gguf's pure-Python parser about 15 s on
+    two cores. A reader only maps the file read-only, so one per file serves all three.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], gguf.GGUFReader] = {}
+
+    def shared(path: os.PathLike | str, mode: str = "r") -> gguf.GGUFReader:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _dequantize_to_safetensors(gguf_path: Path, folder: Path) -> None:
     """Dequantize a GGUF file to fp32 and save it as a plain Hugging Face folder.
 
     A model loaded from GGUF keeps a quantization config and refuses ``save_pretrained``,
     so we copy its weights into a fresh model built from the same config without it.
     """
-    quantized = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-    )
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    with gguf_read_once():
+        quantized = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config_dict = quantized.config.to_dict()
     config_dict.pop("quantization_config", None)
     config = AutoConfig.for_model(**config_dict)

@@ -24,6 +24,7 @@ would otherwise pass for one that worked.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -64,14 +65,30 @@ class SoftPromptConfig:
         return asdict(self)
 
 
+# Each embedding matrix's mean norm by id(matrix): the matrix (weakly), the state it was computed in, the value.
+_EMBEDDING_NORMS: dict[int, tuple[weakref.ref, tuple, float]] = {}
+
+
 def mean_embedding_norm(model: LoadedModel, chunk: int = 16384) -> float:
-    """Mean norm over the vocabulary of the embedding module's outputs (scaling included)."""
+    """Mean norm over the vocabulary of the embedding module's outputs (scaling included).
+
+    Gemma's 262,144 embeddings take about half a second to pass, and every attack asks again, so
+    the value is kept per embedding matrix until the matrix changes: an in-place update bumps its
+    version counter, a cast or a swapped ``.data`` changes its dtype or storage.
+    """
     embedding = model.hf_model.get_input_embeddings()
+    weight = embedding.weight
+    state = (weight._version, weight.dtype, weight.data_ptr())
+    kept = _EMBEDDING_NORMS.get(id(weight))
+    if kept is not None and kept[0]() is weight and kept[1] == state:
+        return kept[2]
     n = embedding.num_embeddings
     with torch.no_grad():
         norms = [embedding(torch.arange(start, min(start + chunk, n), device=model.device)).float().norm(dim=-1)
                  for start in range(0, n, chunk)]
-    return float(torch.cat(norms).mean())
+    value = float(torch.cat(norms).mean())
+    _EMBEDDING_NORMS[id(weight)] = (weakref.ref(weight), state, value)
+    return value
 
 
 def prefixed_logits(model: LoadedModel, prompts: Sequence[str], prefix: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers.book import load_profile
 from helpers.counterfact import load_counterfact
 from helpers.evaluation import (
     evaluate_task,
@@ -30,6 +31,7 @@ from helpers.tasks import counterfact_edit, sports_athlete_edit
 NAMES = ["Alice", "Boris", "Chen", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ingrid", "Jonas", "Kwame", "Lucia"]
 ATHLETES = pd.DataFrame({"athlete": NAMES, "sport": [SPORTS[i % 3] for i in range(len(NAMES))]})
 FACTS = load_counterfact().head(40)
+CI_CANDIDATES = load_profile("ci")["n_candidates"]  # 400
 TEXT = ["The river flows slowly through the green valley, past old mills and quiet farms. " * 8]
 
 
@@ -226,9 +228,12 @@ def test_bad_inputs(tiny_model):
 def test_the_embedded_model_knows_its_known_facts_in_every_metric(embedded_model):
     from helpers.counterfact import known_facts
     from helpers.general_text import load_general_text
-    from helpers.sports import known_athletes
+    from helpers.knowledge import candidate_sample
+    from helpers.sports import known_athletes, load_sports
 
-    athletes, facts = known_athletes(embedded_model), known_facts(embedded_model)
+    # The ci profile's sample of candidates: its scores are cached once the ci book has run
+    athletes = known_athletes(embedded_model, candidate_sample(load_sports(), CI_CANDIDATES))
+    facts = known_facts(embedded_model, candidate_sample(load_counterfact(), CI_CANDIDATES))
     task = sports_athlete_edit(athletes, 4, seed=0, n_maintain=8)
     quiz = other_kind_quiz(task, athletes=athletes, facts=facts, n=8)
     metrics = evaluate_task(embedded_model, task, quiz=quiz, general_chunks_or_texts=load_general_text("heldout"), max_general_tokens=512)

@@ -143,3 +143,25 @@ def test_a_cache_that_cannot_take_the_checksum_still_loads_with_a_warning(cached
     monkeypatch.setattr("helpers.models.write_json", read_only)
     with pytest.warns(UserWarning, match="Could not write .*checksums.json .*the cached model is used unchecked"):
         assert load_model().n_layers == 2
+
+
+def test_a_gguf_file_is_parsed_once_while_the_embedded_model_is_made(tmp_path):
+    import gguf
+    import numpy as np
+
+    from helpers.models import gguf_read_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("weight", np.arange(6, dtype=np.float32).reshape(2, 3))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    original = gguf.GGUFReader
+    with gguf_read_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(tmp_path / "." / "tiny.gguf")) is first  # the same file by another spelling
+        np.testing.assert_array_equal(first.tensors[0].data.reshape(2, 3), np.arange(6).reshape(2, 3))
+    assert gguf.GGUFReader is original
+    assert gguf.GGUFReader(path) is not first

@@ -90,6 +90,21 @@ def test_the_mean_embedding_norm_includes_gemmas_scaling(tiny_model):
     assert mean_embedding_norm(tiny_model) == pytest.approx(float(expected), rel=1e-4)
 
 
+def test_the_kept_embedding_norm_follows_every_change_of_the_matrix(tiny_model):
+    weight = tiny_model.hf_model.get_input_embeddings().weight
+    original = weight.detach().clone()
+    first = mean_embedding_norm(tiny_model)
+    try:
+        with torch.no_grad():
+            weight.mul_(2)  # in place, as an optimizer step
+        assert mean_embedding_norm(tiny_model) == pytest.approx(2 * first, rel=1e-5)
+        weight.data = original * 3  # a swapped tensor, as mixed-precision training does
+        assert mean_embedding_norm(tiny_model) == pytest.approx(3 * first, rel=1e-5)
+    finally:
+        weight.data = original
+    assert mean_embedding_norm(tiny_model) == pytest.approx(first, rel=1e-6)
+
+
 def test_the_attack_raises_p_true_when_one_sport_is_the_answer(gemma_tokenizer):
     # A universal prefix can favour one answer: with every athlete playing basketball it must
     # raise P(true) on the trained half and on the held-out half.
