@@ -234,9 +234,17 @@ def _train(
     return rows
 
 
+def split_p_true(model: LoadedModel, task: EditTask, seed: int) -> tuple[float, float]:
+    """Mean P(true) on the held-out and on the relearned half of :func:`relearning_split`: every attack's step 0."""
+    learned, held_out = relearning_split(task, seed)
+    held, relearned = mean_p_true(model, (held_out, learned), task.candidates)
+    return held, relearned
+
+
 def relearn(
     model: LoadedModel, task: EditTask, localization: Localization | None, general_chunks: torch.Tensor,
     config: RelearnConfig, *, attack: str, seed: int, progress: bool = True,
+    before: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
     """Run one relearning attack on the (edited) model; the model is unchanged afterwards.
 
@@ -244,7 +252,9 @@ def relearn(
     the split, the batches and the LoRA initialization. Returns one row per measured step:
     ``attack``, ``step``, ``p_true`` (mean over the held-out half), ``relearn_error``
     (1 - p_true), ``p_true_learned`` (the relearned half) and ``loss`` (the training loss of
-    that step; NaN at step 0).
+    that step; NaN at step 0). ``before``, when given, is :func:`split_p_true` of this model
+    with this seed, measured once for all attacks; step 0 reports it instead of scoring again
+    (a fresh LoRA adapter adds exactly zero, so step 0 is the unattacked model for every attack).
     """
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
@@ -267,7 +277,10 @@ def relearn(
         return total
 
     def measure(step: int) -> dict:
-        held, relearned = mean_p_true(model, (held_out, learned), task.candidates)
+        if step == 0 and before is not None:
+            held, relearned = before
+        else:
+            held, relearned = mean_p_true(model, (held_out, learned), task.candidates)
         return {"attack": attack, "step": step, "p_true": held, "relearn_error": 1 - held,
                 "p_true_learned": relearned, "loss": float("nan")}
 

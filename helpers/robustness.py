@@ -40,7 +40,7 @@ from helpers.mmlu import mmlu_accuracy
 from helpers.models import LoadedModel
 from helpers.precision import Precision, check_precision, resolved
 from helpers.records import Measurements
-from helpers.relearning import ATTACKS, RelearnConfig, attack_fit, relearn
+from helpers.relearning import ATTACKS, RelearnConfig, attack_fit, relearn, split_p_true
 from helpers.reuse import edited_start, reusing
 from helpers.soft_prompt import SoftPromptConfig, soft_prompt_attack
 from helpers.tasks import EditTask
@@ -128,15 +128,20 @@ class Robustness:
         """
         s = self.settings
         results: dict = {}
+        before = None
+        if s.relearn_attacks or s.soft_prompt is not None:
+            with reusing(model, edited_start(model), enabled=self.reuse_frozen):
+                before = split_p_true(model, task, s.seed)  # step 0 of every attack: measured once
         for name in s.relearn_attacks:
             start = localization.start_layer if name == "full" else 0  # LoRA adapts every layer
             with reusing(model, start, enabled=self.reuse_frozen):
-                curve = relearn(model, task, localization, self.retain_chunks, s.relearn, attack=name, seed=s.seed, progress=False)
+                curve = relearn(model, task, localization, self.retain_chunks, s.relearn, attack=name, seed=s.seed,
+                                progress=False, before=before)
             results[f"relearn_{name}"] = curve.to_dict(orient="records")
             results[f"relearn_error_{name}"] = float(curve.relearn_error.iloc[-1])
             results |= {f"relearn_{name}_{key}": value for key, value in attack_fit(curve).items()}
         if s.soft_prompt is not None:
-            results |= soft_prompt_attack(model, task, s.soft_prompt, seed=s.seed, progress=False)
+            results |= soft_prompt_attack(model, task, s.soft_prompt, seed=s.seed, progress=False, before=before)
         if s.latent_probes and is_sports(task):
             edited = task_states(model, task, batch_size=s.batch_size)
             results |= latent_metrics(task, self._original_states[task.fingerprint()], edited, seed=s.seed)

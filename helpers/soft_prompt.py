@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from helpers.models import LoadedModel
 from helpers.precision import CHOICES, Precision
-from helpers.relearning import is_informative, mean_p_true, preserved_flags, relearning_split
+from helpers.relearning import is_informative, preserved_flags, relearning_split, split_p_true
 from helpers.scoring import final_hidden, first_token_ids, unembed
 from helpers.tasks import EditTask
 
@@ -177,6 +177,7 @@ def train_soft_prompt(
 
 def soft_prompt_attack(
     model: LoadedModel, task: EditTask, config: SoftPromptConfig, *, seed: int, progress: bool = True,
+    before: tuple[float, float] | None = None,
 ) -> dict[str, float]:
     """Train a soft prompt on the relearned half of the forget set; P(true) before and after.
 
@@ -185,12 +186,13 @@ def soft_prompt_attack(
     ``soft_prompt_error`` (1 - P(true) after); the trained half gives ``soft_prompt_train_p_true_*``.
     ``soft_prompt_informative`` applies :func:`helpers.relearning.is_informative` to the trained
     half, from the start to after training: only then does the held-out number say anything
-    about the edit.
+    about the edit. ``before``, when given, is :func:`helpers.relearning.split_p_true` of this
+    model with this seed (the plain prompts' P(true), which the relearning attacks measure too).
     """
     learned, held_out = relearning_split(task, seed)
     prefix = train_soft_prompt(model, learned, task.candidates, config, seed=seed, progress=progress)
     start = initial_units(model, config, seed) * mean_embedding_norm(model)
-    before, train_before = mean_p_true(model, (held_out, learned), task.candidates)
+    before, train_before = before or split_p_true(model, task, seed)
     fit = {name: prefixed_p_true(model, half, task.candidates, vectors, config.batch_size)
            for name, half, vectors in (("start", held_out, start), ("train_start", learned, start),
                                        ("after", held_out, prefix), ("train_after", learned, prefix))}

@@ -13,7 +13,8 @@ from helpers.models import EMBEDDED_ARCHITECTURE_ID, LoadedModel
 from helpers.prompts import SPORTS
 from helpers.records import answer_probabilities
 from helpers.relearning import (
-    INFORMATIVE_MARGIN, RelearnConfig, attack_fit, is_informative, lora_adapter, relearn, relearning_split,
+    ATTACKS, INFORMATIVE_MARGIN, RelearnConfig, attack_fit, is_informative, lora_adapter, relearn, relearning_split,
+    split_p_true,
 )
 from helpers.soft_prompt import SoftPromptConfig, soft_prompt_attack
 from helpers.tasks import counterfact_edit, sports_athlete_edit, sports_sport_edit
@@ -163,6 +164,17 @@ def test_step_zero_measures_each_half_of_the_unattacked_model(setup):
     assert first.p_true == pytest.approx(own["held_out"], abs=1e-5)
     assert first.relearn_error == pytest.approx(1 - own["held_out"], abs=1e-5)
     assert first.p_true_learned == pytest.approx(own["learned"], abs=1e-5)
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_a_shared_step_zero_gives_the_curve_each_attack_measures_itself(setup, attack):
+    model, task, localization, chunks = setup
+    config = RelearnConfig(steps=2, eval_every=1, lora_rank=4, **SMALL)
+    before = split_p_true(model, task, seed=0)
+    own = relearn(model, task, localization, chunks, config, attack=attack, seed=0, progress=False)
+    shared = relearn(model, task, localization, chunks, config, attack=attack, seed=0, progress=False, before=before)
+    pd.testing.assert_frame_equal(own, shared, atol=1e-6, rtol=0)
+    assert (own.p_true.iloc[0], own.p_true_learned.iloc[0]) == pytest.approx(before, abs=1e-6)
 
 
 @pytest.mark.parametrize(("attack", "learning_rate"), [("lora", 3e-2), ("full", 1e-1)])
