@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from helpers.cache import results_dir, slug, write_json
+from helpers.choices import TASKS as EDITING_TASKS
 from helpers.executors import Executor, LocalExecutor, PlannedRun
 from helpers.finetune import TrainingConfig
 from helpers.localization import Localization
@@ -36,7 +37,6 @@ from helpers.records import Measurements
 from helpers.tasks import EditTask, counterfact_edit, sports_athlete_edit, sports_sport_edit
 
 VALIDATION_SEED = 10_000  # the validation task's seed; evaluation tasks use small seeds
-EDITING_TASKS = ("sports_athlete_edit", "sports_sport_edit", "counterfact_edit")
 
 
 @dataclass(frozen=True)

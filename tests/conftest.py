@@ -11,7 +11,11 @@ import torch
 from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
 import helpers.precision as precision
+from helpers.book import load_profile
 from helpers.models import EMBEDDED_ARCHITECTURE_ID, LoadedModel, embedded_model_folder, load_model
+
+# The ci profile's sample of candidates; the ci book scores it first, so tests that use it read the cache.
+CI_CANDIDATES = load_profile("ci")["n_candidates"]
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers.book import load_profile
 from helpers.counterfact import load_counterfact
 from helpers.evaluation import (
     evaluate_task,
@@ -27,11 +26,11 @@ from helpers.finetune import retain_chunks
 from helpers.prompts import LETTERS, SPORTS, paraphrase_prompts_for_sports, sports_system_qa_prompt
 from helpers.scoring import candidate_probs, renormalize
 from helpers.tasks import counterfact_edit, sports_athlete_edit
+from tests.conftest import CI_CANDIDATES
 
 NAMES = ["Alice", "Boris", "Chen", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ingrid", "Jonas", "Kwame", "Lucia"]
 ATHLETES = pd.DataFrame({"athlete": NAMES, "sport": [SPORTS[i % 3] for i in range(len(NAMES))]})
 FACTS = load_counterfact().head(40)
-CI_CANDIDATES = load_profile("ci")["n_candidates"]  # 400
 TEXT = ["The river flows slowly through the green valley, past old mills and quiet farms. " * 8]
 
 

@@ -4,17 +4,15 @@ import pandas as pd
 import pytest
 
 import helpers.scoring
-from helpers.book import load_profile
 from helpers.counterfact import known_facts, load_counterfact
 from helpers.knowledge import candidate_sample
 from helpers.sports import known_athletes, load_sports
+from tests.conftest import CI_CANDIDATES
 
 pytestmark = pytest.mark.model
 
 
-# The ci profile's sample of candidates (scored by the ci book first, so these tests read the cache).
 # Chapter 00 of the cpu book scores every candidate and shows how many are known (~35% of athletes).
-CI_CANDIDATES = load_profile("ci")["n_candidates"]
 
 
 def test_embedded_model_knows_enough_athletes(embedded_model):
