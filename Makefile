@@ -16,11 +16,15 @@ BIN := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
+# Packages are byte-compiled by compileall on every core rather than by pip on one (on 2 cores the
+# install step fell from 136 s to 104 s). As with pip, a file that does not compile (torch ships one
+# written for Python 3.12) is left as source.
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-compile -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/python -m compileall -qq -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
 	touch $@
 
 book: setup

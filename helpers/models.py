@@ -41,6 +41,7 @@ EMBEDDED_ARCHITECTURE_ID = "google/gemma-3-270m"
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 ATTENTION = ("eager", "sdpa", "flash_attention_2")
 CHECKSUMS = "checksums.json"
+VERIFIED = "verified.json"  # file stats at the last full checksum check
 HUB_PROBE_SECONDS = 2.0
 
 
@@ -237,19 +238,46 @@ def weight_checksums(folder: Path) -> dict[str, str]:
 
 
 def verify_checksums(folder: Path) -> None:
-    """Compare the weights with ``checksums.json``; a cache made before checksums existed gets one written."""
+    """Compare the weights with ``checksums.json``; a cache made before checksums existed gets one written.
+
+    Hashing a gigabyte takes about a second, so a file that still has the size and modification
+    time it had at its last full check (``verified.json``) is not hashed again: truncating or
+    rewriting a file changes both.
+    """
     recorded = folder / CHECKSUMS
-    actual = weight_checksums(folder)
     if not recorded.exists():
         try:
-            write_json(recorded, actual)
+            write_json(recorded, weight_checksums(folder))
         except OSError as error:
             warnings.warn(f"Could not write {recorded} ({error}); the cached model is used unchecked", stacklevel=3)
         return
     expected = read_json(recorded, "Model checksum file")
+    if _stats(folder) == _verified_stats(folder, expected):
+        return
+    actual = weight_checksums(folder)
     for file in sorted(set(expected) | set(actual)):
         if expected.get(file) != actual.get(file):
             raise ValueError(
                 f"The cached model file {folder / file} does not match the checksum written with it in {recorded} "
                 f"(corrupted, truncated or changed). {rebuild_hint(EMBEDDED_MODEL, folder)}"
             )
+    try:
+        write_json(folder / VERIFIED, {"checksums": expected, "stats": _stats(folder)})
+    except OSError:
+        pass  # a read-only cache is hashed at every load
+
+
+def _stats(folder: Path) -> dict[str, list[int]]:
+    """Size and modification time (ns) of each ``*.safetensors`` file of a model folder."""
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.glob("*.safetensors"))}
+
+
+def _verified_stats(folder: Path, expected: dict[str, str]) -> dict[str, list[int]] | None:
+    """The file stats of the last full check against ``expected``; None if there was none."""
+    try:
+        verified = read_json(folder / VERIFIED, "Model verification file")
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(verified, dict) or verified.get("checksums") != expected:
+        return None
+    return verified.get("stats")
