@@ -89,17 +89,18 @@ def test_a_cached_model_gets_a_checksum_and_a_changed_file_is_refused(cached_tin
 def test_an_unchanged_verified_file_is_not_hashed_again_and_a_rewritten_one_is(cached_tiny_model, monkeypatch):
     import helpers.models
 
-    load_model()  # writes checksums.json
-    load_model()  # the first full check against it
+    folder = cached_tiny_model.parent
+    helpers.models.verify_checksums(folder)  # writes checksums.json
+    helpers.models.verify_checksums(folder)  # the first full check against it
     hashed = []
     original = helpers.models.weight_checksums
     monkeypatch.setattr(helpers.models, "weight_checksums", lambda folder: hashed.append(folder) or original(folder))
-    load_model()
+    helpers.models.verify_checksums(folder)
     assert hashed == []  # same size and modification time as at the last full check
-    overwrite_middle(cached_tiny_model, 4096)  # same size, new modification time
+    overwrite_middle(cached_tiny_model, 4096)  # same size, a new modification time
     with pytest.raises(ValueError, match=f"cached model file {cached_tiny_model} does not match the checksum"):
         load_model()
-    assert len(hashed) == 1
+    assert hashed == [folder]
 
 
 def test_a_truncated_cached_model_is_refused(cached_tiny_model):
