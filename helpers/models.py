@@ -252,7 +252,8 @@ def verify_checksums(folder: Path) -> None:
             warnings.warn(f"Could not write {recorded} ({error}); the cached model is used unchecked", stacklevel=3)
         return
     expected = read_json(recorded, "Model checksum file")
-    if _stats(folder) == _verified_stats(folder, expected):
+    stats = _stats(folder)  # taken before hashing: a file changed meanwhile is hashed again at the next load
+    if stats == _verified_stats(folder, expected):
         return
     actual = weight_checksums(folder)
     for file in sorted(set(expected) | set(actual)):
@@ -262,14 +263,18 @@ def verify_checksums(folder: Path) -> None:
                 f"(corrupted, truncated or changed). {rebuild_hint(EMBEDDED_MODEL, folder)}"
             )
     try:
-        write_json(folder / VERIFIED, {"checksums": expected, "stats": _stats(folder)})
+        write_json(folder / VERIFIED, {"checksums": expected, "stats": stats})
     except OSError:
         pass  # a read-only cache is hashed at every load
 
 
 def _stats(folder: Path) -> dict[str, list[int]]:
     """Size and modification time (ns) of each ``*.safetensors`` file of a model folder."""
-    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.glob("*.safetensors"))}
+    stats = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        stat = path.stat()
+        stats[path.name] = [stat.st_size, stat.st_mtime_ns]
+    return stats
 
 
 def _verified_stats(folder: Path, expected: dict[str, str]) -> dict[str, list[int]] | None:
