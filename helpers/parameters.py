@@ -99,7 +99,8 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "relearn_attack": (_choice(*ATTACKS), f"be one of {list(ATTACKS)}"),
     "relearn_attacks": (lambda v: v == [] or _list_of(_choice(*ATTACKS))(v), f"be a list drawn from {list(ATTACKS)}"),
     "latent_probes": (lambda v: isinstance(v, bool), "be true or false"),
-    "strength_curve_tasks": (lambda v: v == [] or _list_of(_choice(*TASKS))(v), f"be a list drawn from {list(TASKS)}"),
+    **{name: (lambda v: v == [] or _list_of(_choice(*TASKS))(v), f"be a list drawn from {list(TASKS)}")
+       for name in ("strength_curve_tasks", "attack_tasks")},
     "strength_bin_edges": (lambda v: _list_of(lambda e: _number(e) and 0 <= e <= 1)(v) and len(v) >= 2
                            and all(a < b for a, b in zip(v, v[1:])), "be at least two increasing numbers in [0, 1]"),
     "n_candidates": (_optional(_non_negative_int), "be None or an integer >= 0 (None or 0: all)"),

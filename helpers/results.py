@@ -76,14 +76,19 @@ def format_metrics_long(records: pd.DataFrame, formats: Sequence[str], kinds: Se
 
 
 def relearning_curves(records: pd.DataFrame, attack: str) -> pd.DataFrame:
-    """One row per run and measured step of the relearning ``attack``: P(true) and the relearning error."""
+    """One row per run and measured step of the relearning ``attack``: P(true) and the relearning error.
+
+    Runs the attack did not attack (their task is not in chapter 04's ``attack_tasks``) have no rows.
+    """
     column = f"attacks.relearn_{attack}"
     _check(records, [column])
     rows = [
         {**dict(zip(RUN_COLUMNS, run)), **point}
-        for run, curve in zip(records[RUN_COLUMNS].itertuples(index=False), records[column])
+        for run, curve in zip(records[RUN_COLUMNS].itertuples(index=False), records[column]) if isinstance(curve, list)
         for point in curve
     ]
+    if not rows:
+        raise ValueError(f"No run in the records was attacked by {attack!r}")
     return pd.DataFrame(rows)
 
 

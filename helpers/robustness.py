@@ -5,9 +5,10 @@ Before and after the edit (:meth:`Robustness.evaluate`): every prompt format of
 choice), the loss on held-out general text and a quiz of facts of the other kind (and MMLU
 through lm-eval, :mod:`helpers.mmlu`, when ``mmlu_limit`` is set).
 After the edit only (:meth:`Robustness.attack`): the relearning attacks of
-:mod:`helpers.relearning`, the soft-prompt attack of :mod:`helpers.soft_prompt`, and for sports
-the latent probes of :mod:`helpers.latent` (the original hidden states are read by
-:meth:`Robustness.prepare` just before the edit).
+:mod:`helpers.relearning` and the soft-prompt attack of :mod:`helpers.soft_prompt` (on the tasks
+named in ``attack_tasks``; all of them by default), and for sports the latent probes of
+:mod:`helpers.latent` (the original hidden states are read by :meth:`Robustness.prepare` just
+before the edit).
 During the edit (:meth:`Robustness.strength_point`, for the tasks named in
 ``strength_curve_tasks``): the **strength curve**. At every completeness check of the training
 (:mod:`helpers.finetune`), the paraphrase and the two multiple-choice formats are scored on the
@@ -64,6 +65,7 @@ class RobustnessSettings:
     batch_size: int = 32
     eval_precision: str = "auto"  # "bfloat16": the evaluation's matrix products in bf16; "auto": where the hardware has native bf16
     strength_curve_tasks: tuple[str, ...] = ()  # tasks whose runs measure the strength curve during training; (): none
+    attack_tasks: tuple[str, ...] | None = None  # tasks whose edits the relearning and soft-prompt attacks attack; None: all
 
     def __post_init__(self) -> None:
         check_precision(self.eval_precision, "eval_precision")
@@ -72,8 +74,9 @@ class RobustnessSettings:
             raise ValueError(f"Unknown relearning attacks {unknown}; choose from {ATTACKS}")
         if self.mmlu_limit is not None and self.mmlu_limit < 1:
             raise ValueError(f"mmlu_limit must be None or a positive number of questions per subject, got {self.mmlu_limit}")
-        if isinstance(self.strength_curve_tasks, str):
-            raise ValueError(f"strength_curve_tasks must be a tuple of task names, got the string {self.strength_curve_tasks!r}")
+        for name in ("strength_curve_tasks", "attack_tasks"):
+            if isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a tuple of task names, got the string {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,15 +127,19 @@ class Robustness:
 
         Each relearning attack also gives ``relearn_{attack}_train_p_true_before/after`` (the half
         it trained on), ``relearn_{attack}_p_true_before/after`` (the held-out half) and
-        ``relearn_{attack}_informative`` (:func:`helpers.relearning.is_informative`).
+        ``relearn_{attack}_informative`` (:func:`helpers.relearning.is_informative`). A task not in
+        ``attack_tasks`` gets the latent probes only.
         """
         s = self.settings
+        attacked = s.attack_tasks is None or task.name in s.attack_tasks
+        relearn_attacks = s.relearn_attacks if attacked else ()
+        soft_prompt = s.soft_prompt if attacked else None
         results: dict = {}
         before = None
-        if s.relearn_attacks or s.soft_prompt is not None:
+        if relearn_attacks or soft_prompt is not None:
             with reusing(model, edited_start(model), enabled=self.reuse_frozen):
                 before = split_p_true(model, task, s.seed)  # step 0 of every attack: measured once
-        for name in s.relearn_attacks:
+        for name in relearn_attacks:
             start = localization.start_layer if name == "full" else 0  # LoRA adapts every layer
             with reusing(model, start, enabled=self.reuse_frozen):
                 curve = relearn(model, task, localization, self.retain_chunks, s.relearn, attack=name, seed=s.seed,
@@ -140,8 +147,8 @@ class Robustness:
             results[f"relearn_{name}"] = curve.to_dict(orient="records")
             results[f"relearn_error_{name}"] = float(curve.relearn_error.iloc[-1])
             results |= {f"relearn_{name}_{key}": value for key, value in attack_fit(curve).items()}
-        if s.soft_prompt is not None:
-            results |= soft_prompt_attack(model, task, s.soft_prompt, seed=s.seed, progress=False, before=before)
+        if soft_prompt is not None:
+            results |= soft_prompt_attack(model, task, soft_prompt, seed=s.seed, progress=False, before=before)
         if s.latent_probes and is_sports(task):
             edited = task_states(model, task, batch_size=s.batch_size)
             results |= latent_metrics(task, self._original_states[task.fingerprint()], edited, seed=s.seed)

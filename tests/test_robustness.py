@@ -13,8 +13,10 @@ from helpers.formats import MCQ_FORMATS
 from helpers.localization import Component, Localization
 from helpers.prompts import SPORTS
 from helpers.records import Measurements, load_records, run_experiment
-from helpers.results import strength_curves
+from helpers.relearning import RelearnConfig
+from helpers.results import relearning_curves, strength_curves
 from helpers.robustness import Robustness, RobustnessSettings
+from helpers.soft_prompt import SoftPromptConfig
 from helpers.tasks import sports_athlete_edit
 
 NAMES = ["Alice", "Boris", "Chen", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ingrid", "Jonas", "Kwame", "Lucia"]
@@ -48,6 +50,30 @@ def test_settings_name_what_is_out_of_range():
         RobustnessSettings(relearn_attacks=("lora", "sgd"))
     with pytest.raises(ValueError, match="a tuple of task names"):
         RobustnessSettings(strength_curve_tasks="sports_athlete_edit")
+    with pytest.raises(ValueError, match="attack_tasks must be a tuple of task names"):
+        RobustnessSettings(attack_tasks="sports_athlete_edit")
+
+
+def test_only_the_tasks_in_attack_tasks_are_attacked_and_the_chapters_skip_the_others(tiny_model):
+    task = sports_athlete_edit(ATHLETES, 4, seed=0, n_maintain=3)
+    settings = RobustnessSettings(
+        quiz_size=4, max_general_tokens=64, latent_probes=False, eval_precision="float32", attack_tasks=("counterfact_edit",),
+        relearn=RelearnConfig(steps=1, eval_every=1, lora_rank=2, batch_size=2, retain_batch_size=0, precision="float32"),
+        soft_prompt=SoftPromptConfig(n_vectors=1, steps=1, batch_size=2, precision="float32"))
+    localization = Localization.build("mlp1", tiny_model, [Component("mlp", 1)], "test")
+    chunks = general_chunks(tiny_model, TEXT)
+    skipped = Robustness(tiny_model, ATHLETES, load_counterfact().head(40), chunks, settings)
+    assert skipped.attack(tiny_model, task, localization) == {}
+    attacked = Robustness(tiny_model, ATHLETES, load_counterfact().head(40), chunks, replace(settings, attack_tasks=None))
+    results = attacked.attack(tiny_model, task, localization)
+    assert {"relearn_error_lora", "relearn_error_full", "soft_prompt_p_true_after"} <= set(results)
+
+    records = pd.DataFrame({"task": ["sports_athlete_edit", "sports_sport_edit"], "localization": "mlp1", "seed": 0,
+                            "attacks.relearn_lora": [results["relearn_lora"], float("nan")]})
+    curves = relearning_curves(records, "lora")
+    assert set(curves.task) == {"sports_athlete_edit"} and len(curves) == len(results["relearn_lora"])
+    with pytest.raises(ValueError, match="No run in the records was attacked by 'lora'"):
+        relearning_curves(records.iloc[1:], "lora")
 
 
 def test_the_strength_curve_is_recorded_at_each_check_for_the_named_tasks(tiny_model, tmp_path, monkeypatch):
