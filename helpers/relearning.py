@@ -50,7 +50,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from helpers.choices import ATTACKS
 from helpers.finetune import (
-    Float32Masters, answer_loss, check_compute_dtype, joint_answer_logits, restored, retain_loss,
+    Float32Masters, adamw, answer_loss, check_compute_dtype, joint_answer_logits, restored, retain_loss,
 )
 from helpers.localization import Localization
 from helpers.models import LoadedModel
@@ -209,7 +209,7 @@ def _train(
 ) -> list[dict]:
     """AdamW with a cosine schedule on ``loss``; ``measure(step)`` at step 0 and every ``eval_every``."""
     rng, generator = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
+    optimizer = adamw(parameters, config.learning_rate)
     schedule = get_cosine_schedule_with_warmup(optimizer, 0, config.steps)
     model.hf_model.eval()
     precision = Precision(model, config.precision)

@@ -82,9 +82,56 @@ def final_hidden(model: LoadedModel, **inputs) -> torch.Tensor:
     return model.hf_model.base_model(**inputs).last_hidden_state
 
 
-def unembed(model: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits of a (rows, d_model) matrix of final hidden states, with the model's logit soft-capping."""
-    logits = model.hf_model.get_output_embeddings()(hidden)
+VOCAB_BLOCK = 4096  # unembedding rows per matrix product on a CPU (scripts/benchmark_unembed.py)
+MAX_BLOCKED_ROWS = 64  # hidden states; the blocked product gained 1.1-4x for 2-64 rows, broke even at 128, lost at 256+
+
+
+class VocabBlockedLinear(torch.autograd.Function):
+    """``hidden @ weight.T`` for a few rows of ``hidden`` and a tall ``weight`` (the unembedding), with its gradients.
+
+    The forward pass multiplies ``weight`` by ``hidden.T`` one block of :data:`VOCAB_BLOCK`
+    vocabulary rows at a time: the same products as ``F.linear``, whose single call for a few
+    rows against a 262k-row matrix is 1.1-4x slower on a CPU (``scripts/benchmark_unembed.py``
+    measures both). The backward pass is ``F.linear``'s own (``grad @ weight``): the transposed
+    product that is faster for 12 rows or more was 20x slower for 2 to 8 rows.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(hidden, weight)
+        out = hidden.new_empty(weight.shape[0], hidden.shape[0])
+        for start in range(0, weight.shape[0], VOCAB_BLOCK):
+            torch.mm(weight[start : start + VOCAB_BLOCK], hidden.T, out=out[start : start + VOCAB_BLOCK])
+        return out.T.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        hidden, weight = ctx.saved_tensors
+        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad.T @ hidden if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight
+
+
+def _blocked_unembedding(head: torch.nn.Module, hidden: torch.Tensor) -> bool:
+    """Whether :class:`VocabBlockedLinear` computes ``head(hidden)``: at most :data:`MAX_BLOCKED_ROWS` rows,
+    a bias-free float32 head on a CPU, no autocast."""
+    return (isinstance(head, torch.nn.Linear) and head.bias is None and hidden.device.type == "cpu"
+            and hidden.dim() == 2 and len(hidden) <= MAX_BLOCKED_ROWS
+            and hidden.dtype == head.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
+
+
+def unembed(model: LoadedModel, hidden: torch.Tensor, *, blocked: bool = True) -> torch.Tensor:
+    """Logits of a (rows, d_model) matrix of final hidden states, with the model's logit soft-capping.
+
+    On a CPU in float32, for up to :data:`MAX_BLOCKED_ROWS` rows (a batch's last positions, a
+    training step's), the product runs in vocabulary blocks (:class:`VocabBlockedLinear`);
+    ``blocked=False`` calls the head module itself (the same logits, to within rounding).
+    """
+    head = model.hf_model.get_output_embeddings()
+    if blocked and _blocked_unembedding(head, hidden):
+        logits = VocabBlockedLinear.apply(hidden, head.weight)
+    else:
+        logits = head(hidden)
     cap = getattr(model.hf_model.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
 

@@ -86,3 +86,37 @@ def test_nan_logits_stop_the_run(tiny_model):
         broken.hf_model.get_decoder().layers[0].mlp.up_proj.weight[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="Model 'tiny-gemma3' gave NaN logits for 2 of 2 prompts"):
         candidate_probs(broken, ["Fact: A plays", "Fact: B plays"], ["basketball", "golf"], progress=False)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 48])
+def test_vocab_blocked_unembedding_matches_the_plain_product(rows, monkeypatch):
+    """Logits and both gradients equal ``F.linear``'s, with a vocabulary that does not divide into whole blocks."""
+    monkeypatch.setattr(scoring, "VOCAB_BLOCK", 64)
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(1000, 32, generator=generator, requires_grad=True)
+    hidden = torch.randn(rows, 32, generator=generator, requires_grad=True)
+    target = torch.randn(rows, 1000, generator=generator)
+    blocked = scoring.VocabBlockedLinear.apply(hidden, weight)
+    plain = torch.nn.functional.linear(hidden, weight)
+    torch.testing.assert_close(blocked, plain, atol=1e-5, rtol=1e-5)
+    grads = [torch.autograd.grad((out * target).sum(), (hidden, weight)) for out in (blocked, plain)]
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-5)
+
+
+def test_unembed_takes_the_blocked_path_only_for_float32_on_a_cpu(tiny_model, monkeypatch):
+    calls = []
+    monkeypatch.setattr(scoring.VocabBlockedLinear, "apply", lambda *args: calls.append(1) or torch.nn.functional.linear(*args))
+    hidden = torch.randn(3, tiny_model.hf_model.config.hidden_size)
+    reference = scoring.unembed(tiny_model, hidden, blocked=False)
+    torch.testing.assert_close(scoring.unembed(tiny_model, hidden), reference)
+    assert calls == [1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scoring.unembed(tiny_model, hidden)
+    assert calls == [1]  # under autocast the head module runs
+
+
+def test_unembed_of_many_rows_calls_the_head_module(tiny_model, monkeypatch):
+    monkeypatch.setattr(scoring.VocabBlockedLinear, "apply", lambda *args: pytest.fail("blocked path taken"))
+    hidden = torch.randn(scoring.MAX_BLOCKED_ROWS + 1, tiny_model.hf_model.config.hidden_size)
+    assert scoring.unembed(tiny_model, hidden).shape[0] == scoring.MAX_BLOCKED_ROWS + 1
