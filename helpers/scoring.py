@@ -82,7 +82,7 @@ def final_hidden(model: LoadedModel, **inputs) -> torch.Tensor:
     return model.hf_model.base_model(**inputs).last_hidden_state
 
 
-VOCAB_BLOCK = 4096  # unembedding rows per matrix product on a CPU (scripts/benchmark_unembed.py)
+VOCAB_BLOCK = 4096  # unembedding rows per matrix product on a CPU (scripts/benchmark_kernels.py)
 MAX_BLOCKED_ROWS = 64  # hidden states; the blocked product gained 1.1-4x for 2-64 rows, broke even at 128, lost at 256+
 
 
@@ -91,7 +91,7 @@ class VocabBlockedLinear(torch.autograd.Function):
 
     The forward pass multiplies ``weight`` by ``hidden.T`` one block of :data:`VOCAB_BLOCK`
     vocabulary rows at a time: the same products as ``F.linear``, whose single call for a few
-    rows against a 262k-row matrix is 1.1-4x slower on a CPU (``scripts/benchmark_unembed.py``
+    rows against a 262k-row matrix is 1.1-4x slower on a CPU (``scripts/benchmark_kernels.py``
     measures both). The backward pass is ``F.linear``'s own (``grad @ weight``): the transposed
     product that is faster for 12 rows or more was 20x slower for 2 to 8 rows.
     """
