@@ -11,7 +11,7 @@ call (:func:`layers_from`). The upper layers, the final norm and the unembedding
 with gradients.
 
 The cache holds, per token sequence, the residual stream entering ``start`` (``len x d_model``
-floats) and, per shared prompt prefix, its key/value cache of the lower layers (which
+floats; computed for a batch at a time, with a prefix that the batch shares run once) and, per shared prompt prefix, its key/value cache of the lower layers (which
 Hugging Face reads to size the attention masks of the shared-prefix path). It is exact by
 construction:
 
@@ -39,6 +39,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from helpers import scoring
 from helpers.models import LoadedModel
 
 MAX_BYTES = 512 * 2**20  # the cache of all models and layers together
@@ -169,21 +170,44 @@ class _Entering(Exception):
         self.hidden = hidden
 
 
-def _compute_states(model: LoadedModel, start: int, sequences: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
-    """The residual stream entering layer ``start`` for each sequence, (len, d_model), from one padded batch."""
+def _entering(model: LoadedModel, start: int, **inputs) -> torch.Tensor:
+    """The residual stream entering layer ``start`` of one forward pass of ``inputs``; the layers from ``start`` on never run."""
     def stop(module, args, kwargs):
         raise _Entering((args[0] if args else kwargs["hidden_states"]).detach())
 
-    ids, mask, positions = _left_pad(model, sequences)
     handle = model.hf_model.get_decoder().layers[start].register_forward_pre_hook(stop, with_kwargs=True)
     try:
         with _cacheable():
-            model.hf_model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions)
+            model.hf_model.base_model(**inputs)
     except _Entering as entering:
-        hidden = entering.hidden
+        return entering.hidden
     finally:
         handle.remove()
-    return [hidden[row, hidden.shape[1] - len(seq):].clone() for row, seq in enumerate(sequences)]
+    raise RuntimeError(f"Layer {start} never ran")
+
+
+def _compute_states(model: LoadedModel, start: int, sequences: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+    """The residual stream entering layer ``start`` for each sequence, (len, d_model), from one padded batch.
+
+    A token prefix that all sequences share (a prompt's one-shot example) runs once, as in
+    :func:`helpers.scoring.last_token_logits`: its own states come from the cache, and the rest of
+    every sequence runs on its broadcast key/value cache.
+    """
+    shared = scoring.shared_prefix_length(model, [list(seq) for seq in sequences])
+    if not shared:
+        ids, mask, positions = _left_pad(model, sequences)
+        hidden = _entering(model, start, input_ids=ids, attention_mask=mask, position_ids=positions)
+        return [hidden[row, hidden.shape[1] - len(seq):].clone() for row, seq in enumerate(sequences)]
+    prefix_state = states(model, start, [tuple(sequences[0][:shared])])[0]
+    with _cacheable():
+        cache = model.hf_model.base_model(input_ids=torch.tensor([sequences[0][:shared]], device=model.device), use_cache=True).cache
+    for layer in cache.layers:
+        layer.keys = layer.keys.expand(len(sequences), -1, -1, -1)
+        layer.values = layer.values.expand(len(sequences), -1, -1, -1)
+    ids, mask, positions = _left_pad(model, [seq[shared:] for seq in sequences])
+    mask = torch.cat([torch.ones(len(sequences), shared, dtype=mask.dtype, device=model.device), mask], 1)
+    hidden = _entering(model, start, input_ids=ids, attention_mask=mask, position_ids=positions + shared, cache=cache, use_cache=True)
+    return [torch.cat([prefix_state, hidden[row, hidden.shape[1] - (len(seq) - shared):]]) for row, seq in enumerate(sequences)]
 
 
 def states(model: LoadedModel, start: int, sequences: Sequence[Sequence[int]]) -> list[torch.Tensor]:

@@ -58,9 +58,8 @@ def last_token_logits(model: LoadedModel, prompts: Sequence[str], *, share_prefi
     if model.bridge_built:  # the bridge's hooks run inside the full model's forward
         output = model.hf_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
         return output.logits[:, -1, :]
-    shared = _common_prefix_length(ids)
-    window = getattr(model.hf_model.config, "sliding_window", None) or float("inf")
-    if share_prefix and shared >= MIN_SHARED_PREFIX and min(map(len, ids)) > shared and max(map(len, ids)) + shared <= window:
+    shared = shared_prefix_length(model, ids)
+    if share_prefix and shared:
         return _logits_after_shared_prefix(model, ids, shared)
     start = reuse.active_start(model)
     if start is not None:
@@ -134,6 +133,17 @@ def unembed(model: LoadedModel, hidden: torch.Tensor, *, blocked: bool = True) -
         logits = head(hidden)
     cap = getattr(model.hf_model.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def shared_prefix_length(model: LoadedModel, ids: list[list[int]]) -> int:
+    """The length of the token prefix that every sequence shares, or 0 where running it once does not pay or is
+    not exact: a prefix shorter than :data:`MIN_SHARED_PREFIX`, a sequence that is nothing but the prefix, or a
+    padded batch longer than a sliding attention window (the window would count the padding between prefix and rest)."""
+    shared = _common_prefix_length(ids)
+    window = getattr(model.hf_model.config, "sliding_window", None) or float("inf")
+    if shared >= MIN_SHARED_PREFIX and min(map(len, ids)) > shared and max(map(len, ids)) + shared <= window:
+        return shared
+    return 0
 
 
 def _common_prefix_length(ids: list[list[int]]) -> int:

@@ -159,3 +159,12 @@ def test_reuse_is_skipped_when_the_frozen_layers_are_a_small_share(model):
         assert reuse.active_start(model) is None
     with reuse.reusing(model, lowest):
         assert reuse.active_start(model) == lowest
+
+
+def test_states_of_prompts_sharing_a_prefix_equal_each_prompt_run_alone(model):
+    """The cache fill runs a shared prefix once; each prompt's states equal those of the prompt run by itself."""
+    ids = [tuple(model.tokenizer(p)["input_ids"]) for p in PROMPTS]
+    together = reuse.states(model, 3, ids)
+    reuse.clear()
+    for sequence, state in zip(ids, together):
+        torch.testing.assert_close(state, reuse.states(model, 3, [sequence])[0], atol=TOLERANCE, rtol=TOLERANCE)
