@@ -30,9 +30,9 @@ the strength curve, :mod:`helpers.robustness`); its values join the check's row 
 What makes it fast on a CPU, without changing the loss: only the last position's logits are
 computed for the fact losses, and only the sampled positions' logits for the retain loss (the
 262k-token unembedding dominates a small model's cost), as 2-D matrix products in vocabulary
-blocks (:func:`helpers.scoring.unembed`); AdamW runs as one fused kernel (:func:`adamw`); a prompt prefix shared by a batch runs once
-(:func:`helpers.scoring.last_token_logits`); layers below the first trainable one build no
-autograd graph, because nothing below them requires gradients, and they run once per prompt and
+blocks (:func:`helpers.scoring.unembed`); AdamW runs as one fused kernel (:func:`adamw`); a
+prompt prefix shared by a batch runs once (:func:`helpers.scoring.last_token_logits`); layers
+below the first trainable one build no autograd graph, because nothing below them requires gradients, and they run once per prompt and
 general-text chunk, not once per step: the residual stream entering the lowest trained layer is
 cached (:mod:`helpers.reuse`; ``reuse_frozen=False`` turns it off). ``precision="bfloat16"``
 runs the matrix products in bf16 (:class:`helpers.precision.Precision`): about twice as fast on a

@@ -11,9 +11,9 @@ call (:func:`layers_from`). The upper layers, the final norm and the unembedding
 with gradients.
 
 The cache holds, per token sequence, the residual stream entering ``start`` (``len x d_model``
-floats; computed for a batch at a time, with a prefix that the batch shares run once) and, per shared prompt prefix, its key/value cache of the lower layers (which
-Hugging Face reads to size the attention masks of the shared-prefix path). It is exact by
-construction:
+floats; filled a batch at a time, a prefix that the batch shares run once) and, per shared
+prompt prefix, its key/value cache of the lower layers (which Hugging Face reads to size the
+attention masks of the shared-prefix path). It is exact by construction:
 
 - reuse is refused (``ValueError``) when a parameter below ``start`` requires gradients;
 - entries are keyed by the identity and in-place version counter of every parameter below
