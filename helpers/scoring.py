@@ -173,9 +173,7 @@ def _logits_after_shared_prefix(model: LoadedModel, ids: list[list[int]], shared
     else:
         prefix = torch.tensor([ids[0][:shared]], device=model.device)
         cache = model.hf_model.base_model(input_ids=prefix, use_cache=True).cache
-    for layer in cache.layers:
-        layer.keys = layer.keys.expand(len(ids), -1, -1, -1)
-        layer.values = layer.values.expand(len(ids), -1, -1, -1)
+    broadcast(cache, len(ids))
     input_ids, rest_mask, position_ids = _left_padded(model, [seq[shared:] for seq in ids], offset=shared)
     attention_mask = torch.cat([torch.ones(len(ids), shared, dtype=rest_mask.dtype, device=model.device), rest_mask], 1)
     inputs = {"attention_mask": attention_mask, "position_ids": position_ids, "cache": cache, "use_cache": True}
@@ -184,6 +182,14 @@ def _logits_after_shared_prefix(model: LoadedModel, ids: list[list[int]], shared
     else:
         hidden = final_hidden(model, input_ids=input_ids, **inputs)
     return unembed(model, hidden[:, -1])
+
+
+def broadcast(cache, rows: int):
+    """A one-row key/value cache (a prefix's) viewed, not copied, as ``rows`` identical rows; returned for chaining."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.expand(rows, -1, -1, -1)
+        layer.values = layer.values.expand(rows, -1, -1, -1)
+    return cache
 
 
 def candidate_probs(

@@ -31,12 +31,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from helpers.models import LoadedModel
 from helpers.precision import CHOICES, Precision
 from helpers.relearning import is_informative, preserved_flags, relearning_split, split_p_true
-from helpers.scoring import final_hidden, first_token_ids, unembed
+from helpers.scoring import broadcast, final_hidden, first_token_ids, shared_prefix_length, unembed
 from helpers.tasks import EditTask
 
 
@@ -91,28 +92,48 @@ def mean_embedding_norm(model: LoadedModel, chunk: int = 16384) -> float:
     return value
 
 
-def prefixed_logits(model: LoadedModel, prompts: Sequence[str], prefix: torch.Tensor) -> torch.Tensor:
+PREFIX_MARK = -1  # stands for a prefix vector in the token lists that decide the shared part
+
+
+def prefixed_logits(
+    model: LoadedModel, prompts: Sequence[str], prefix: torch.Tensor, *, share_prefix: bool = True,
+) -> torch.Tensor:
     """Last-position logits (n, vocab) of the prompts with ``prefix`` (k, d) inserted after BOS.
 
-    The prompts are left-padded; each row becomes ``[pad..., BOS, prefix, prompt tokens]``,
-    with the pads masked and positions counted from BOS. ``k = 0`` gives the plain prompts.
+    Each row is ``[BOS, prefix, prompt tokens]``, left-padded, positions counted from BOS. The part
+    every row shares (BOS, the prefix, and the start the prompts have in common, such as the sports
+    prompt's one-shot example) runs once and its key/value cache serves every row, by the rule of
+    :func:`helpers.scoring.shared_prefix_length`; ``share_prefix=False`` runs the whole padded batch
+    (the same logits and gradients, to float rounding). ``k = 0`` gives the plain prompts.
     """
     tokenizer = model.tokenizer
-    if tokenizer.padding_side != "left":
-        raise ValueError("The tokenizer must pad on the left")
-    batch = tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
-    embeds = model.hf_model.get_input_embeddings()(batch["input_ids"])
-    rows, masks = [], []
-    for ids, row, mask in zip(batch["input_ids"], embeds, batch["attention_mask"]):
-        cut = int((mask == 0).sum()) + 1  # after the pads and BOS
-        if ids[cut - 1] != tokenizer.bos_token_id:
-            raise ValueError("The tokenizer must start every prompt with BOS")
-        rows.append(torch.cat([row[:cut], prefix.to(row.dtype), row[cut:]]))
-        masks.append(torch.cat([mask[:cut], mask.new_ones(len(prefix)), mask[cut:]]))
-    attention_mask = torch.stack(masks)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = final_hidden(model, inputs_embeds=torch.stack(rows), attention_mask=attention_mask, position_ids=position_ids)
+    ids = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    if any(seq[0] != tokenizer.bos_token_id for seq in ids):
+        raise ValueError("The tokenizer must start every prompt with BOS")
+    embed = model.hf_model.get_input_embeddings()
+    rows = []
+    for seq in ids:
+        tokens = embed(torch.tensor(seq, device=model.device))
+        rows.append(torch.cat([tokens[:1], prefix.to(tokens.dtype), tokens[1:]]))
+    marked = [seq[:1] + [PREFIX_MARK] * len(prefix) + seq[1:] for seq in ids]  # the token rule sees the prefix
+    shared = shared_prefix_length(model, marked) if share_prefix and not model.bridge_built else 0
+    embeds, attention_mask = _left_padded_embeddings([row[shared:] for row in rows])
+    position_ids = shared + (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = {"inputs_embeds": embeds, "position_ids": position_ids}
+    if shared:
+        cache = model.hf_model.base_model(inputs_embeds=rows[0][None, :shared], use_cache=True).cache
+        attention_mask = torch.cat([attention_mask.new_ones(len(rows), shared), attention_mask], 1)
+        inputs |= {"cache": broadcast(cache, len(rows)), "use_cache": True}
+    hidden = final_hidden(model, attention_mask=attention_mask, **inputs)
     return unembed(model, hidden[:, -1]).float()
+
+
+def _left_padded_embeddings(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, width, d) embeddings left-padded with zeros, and their (n, width) attention mask."""
+    width = max(len(row) for row in rows)
+    embeds = torch.stack([F.pad(row, (0, 0, width - len(row), 0)) for row in rows])
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=embeds.device)
+    return embeds, mask
 
 
 def true_log_probs(

@@ -1,4 +1,5 @@
-"""Benchmark: the plain unembedding and AdamW against the vocabulary-blocked unembedding and fused AdamW, in float32.
+"""Benchmark, in float32: the plain unembedding and AdamW against the vocabulary-blocked unembedding and fused AdamW,
+and the soft prompt's whole padded batch against its shared part run once.
 
 Two parts, each comparing both paths in one run:
 
@@ -10,7 +11,7 @@ and of :class:`helpers.scoring.VocabBlockedLinear`, the ratios and the largest d
 ``runs``: the embedded model, Sports-Athlete-Edit (16 facts): ``--steps`` training steps of the
 fact-lookup and of the nonlocalized localization, one LoRA relearning attack and one soft-prompt
 attack at the cpu profile's settings, and the scoring of 128 fact prompts, each ``--repeats`` times with the old path (``F.linear``,
-PyTorch's default AdamW) and the new one, alternating; the median seconds, the ratios old / new
+PyTorch's default AdamW, the soft prompt's whole padded batch) and the new one, alternating; the median seconds, the ratios old / new
 and the largest difference of any loss or P(true).
 
     .venv/bin/python scripts/benchmark_kernels.py --parts products runs
@@ -19,6 +20,7 @@ and the largest difference of any loss or P(true).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -32,7 +34,7 @@ import torch
 
 os.environ["MECHUNLEARN_PRECISION"] = "float32"
 
-from helpers import finetune, relearning, scoring
+from helpers import finetune, relearning, scoring, soft_prompt
 from helpers.finetune import TrainingConfig, restored, retain_chunks, train_localized
 from helpers.general_text import load_general_text
 from helpers.localization import Component, Localization, nonlocalized
@@ -85,7 +87,7 @@ def compare(weight: torch.Tensor, rows: int, repeats: int) -> dict:
 
 @contextmanager
 def old_path() -> Iterator[None]:
-    """The unembedding as one ``F.linear`` call and PyTorch's default AdamW, while inside."""
+    """The unembedding as one ``F.linear`` call, PyTorch's default AdamW and the soft prompt's whole batch, while inside."""
     def default_adamw(parameters, learning_rate):
         return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
 
@@ -93,6 +95,8 @@ def old_path() -> Iterator[None]:
         stack.enter_context(mock.patch.object(scoring, "_blocked_unembedding", lambda head, hidden: False))
         for module in (finetune, relearning):
             stack.enter_context(mock.patch.object(module, "adamw", default_adamw))
+        whole_batch = functools.partial(soft_prompt.prefixed_logits, share_prefix=False)
+        stack.enter_context(mock.patch.object(soft_prompt, "prefixed_logits", whole_batch))
         yield
 
 

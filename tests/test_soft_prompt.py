@@ -5,9 +5,11 @@ import math
 import pandas as pd
 import pytest
 import torch
+from transformers import Gemma3ForCausalLM
 
 from helpers.finetune import answer_logits
 from helpers.localization import named_weights
+from helpers.models import LoadedModel
 from helpers.prompts import SPORTS, sports_fact_prompt
 from helpers.records import answer_probabilities
 from helpers.relearning import relearning_split
@@ -22,6 +24,7 @@ from helpers.soft_prompt import (
     true_log_probs,
 )
 from helpers.tasks import sports_athlete_edit, sports_sport_edit
+from tests.conftest import tiny_gemma_config
 from tests.test_relearning import ATHLETES, fresh_tiny
 
 # Three lengths (left padding), the first longer than the tiny model's sliding window.
@@ -152,3 +155,30 @@ def test_bad_inputs(tiny_model, task):
                      task.maintain_eval, task.candidates)
     with pytest.raises(ValueError, match="at least 2 subjects"):
         soft_prompt_attack(tiny_model, one, SoftPromptConfig(), seed=0)
+
+
+@pytest.mark.parametrize("window", [64, 16])  # 16: shorter than the batch, so the whole padded batch runs
+def test_the_shared_part_runs_once_with_the_same_logits_and_gradients(gemma_tokenizer, window, monkeypatch):
+    torch.manual_seed(0)
+    model = LoadedModel("tiny", Gemma3ForCausalLM(tiny_gemma_config(len(gemma_tokenizer), sliding_window=window)).eval(),
+                        gemma_tokenizer, "test")
+    prefixes = []  # the inputs_embeds of every forward pass: one is the shared part alone
+    monkeypatch.setattr(model.hf_model.model, "forward", _spy(model.hf_model.model.forward, prefixes))
+    prompts = [sports_fact_prompt(name) for name in ("Alice Smith", "Bo", "Chen Wei Long")]
+    results = []
+    for share in (True, False):
+        prefix = torch.randn(3, 64, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        logits = prefixed_logits(model, prompts, prefix, share_prefix=share)
+        logits.log_softmax(-1)[:, 7].sum().backward()
+        results.append((logits.detach(), prefix.grad))
+    one_row = [length for rows, length in prefixes if rows == 1]  # BOS, the 3 vectors and the one-shot example
+    assert (len(one_row) == 1 and one_row[0] > 4) if window == 64 else not one_row, prefixes
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-3)
+
+
+def _spy(forward, seen: list):
+    def spied(*args, **kwargs):
+        seen.append(tuple(kwargs["inputs_embeds"].shape[:2]))
+        return forward(*args, **kwargs)
+    return spied
