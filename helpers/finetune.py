@@ -39,7 +39,7 @@ runs the matrix products in bf16 (:class:`helpers.precision.Precision`): about t
 CPU with native bf16 (AVX512-BF16, AMX) and far slower on one without, so the default ``"auto"``
 picks it only where it is native (:func:`helpers.precision.resolve_precision`); the losses differ
 by rounding (``scripts/benchmark_finetune.py`` measures both on the machine it runs on). The forget
-and maintain prompts share one forward pass.
+and maintain prompts share one forward pass, and every loss term's rows one product with the unembedding.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from helpers.localization import Localization
 from helpers.models import LoadedModel
 from helpers.precision import CHOICES, Precision
 from helpers.reuse import reusing
-from helpers.scoring import fact_probabilities, final_hidden, first_token_ids, last_token_logits, unembed
+from helpers.scoring import fact_probabilities, final_hidden, first_token_ids, last_token_hidden, last_token_logits, unembed
 from helpers.tasks import MODES, EditTask
 from helpers.validation import check_texts
 
@@ -115,10 +115,25 @@ def answer_logits(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
     return last_token_logits(model, list(prompts)).float()
 
 
-def joint_answer_logits(model: LoadedModel, *prompt_lists: Sequence[str]) -> tuple[torch.Tensor, ...]:
-    """:func:`answer_logits` of several prompt lists from one forward pass (larger, faster matrix products)."""
-    logits = answer_logits(model, [prompt for prompts in prompt_lists for prompt in prompts])
-    return logits.split([len(prompts) for prompts in prompt_lists])
+def joint_answer_logits(
+    model: LoadedModel, *prompt_lists: Sequence[str], extra: torch.Tensor | None = None, one_unembedding: bool = True,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`answer_logits` of several prompt lists from one forward pass, then the logits of the ``extra`` hidden
+    rows (the retain loss's, :func:`retain_rows`) when given, all in float32.
+
+    The prompts' and the extra rows go through one product with the unembedding, so its 262k-row
+    matrix is read once in the forward and once in the backward pass, not once per loss term;
+    ``one_unembedding=False`` multiplies them apart (the same logits; ``scripts/benchmark_kernels.py`` times both).
+    """
+    sizes = [len(prompts) for prompts in prompt_lists]
+    hidden = last_token_hidden(model, [prompt for prompts in prompt_lists for prompt in prompts])
+    if extra is None:
+        logits = unembed(model, hidden)
+    elif one_unembedding:
+        logits = unembed(model, torch.cat([hidden, extra.to(hidden.dtype)]))
+    else:
+        logits = torch.cat([unembed(model, hidden), unembed(model, extra)])
+    return logits.float().split(sizes + ([len(extra)] if extra is not None else []))
 
 
 def answer_loss(model: LoadedModel, logits: torch.Tensor, answers: Sequence[str]) -> torch.Tensor:
@@ -155,14 +170,13 @@ def retain_chunks(model: LoadedModel, texts: Sequence[str], length: int) -> torc
     return torch.cat([bos, chunks], dim=1)
 
 
-def retain_loss(model: LoadedModel, chunks: torch.Tensor, n_positions: int, generator: torch.Generator) -> torch.Tensor:
-    """Next-token cross-entropy on general text at ``n_positions`` random positions per sequence."""
+def retain_rows(model: LoadedModel, chunks: torch.Tensor, n_positions: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The retain loss's inputs: final hidden states at ``n_positions`` random positions of each general-text
+    sequence, flattened to (rows, d_model), and the next token at each. Its logits come from :func:`joint_answer_logits`."""
     length = chunks.shape[1]
     positions = torch.randperm(length - 1, generator=generator)[:n_positions].sort().values
     hidden = final_hidden(model, input_ids=chunks.to(model.device))[:, positions.to(model.device)]
-    logits = unembed(model, hidden.flatten(0, 1)).float()
-    targets = chunks[:, positions + 1].to(model.device)
-    return F.cross_entropy(logits, targets.flatten())
+    return hidden.flatten(0, 1), chunks[:, positions + 1].flatten().to(model.device)
 
 
 @dataclass(frozen=True)
@@ -184,19 +198,19 @@ def step_loss(
     ``forget`` and ``maintain`` are task rows (``prompt``, ``true``, ``new``); ``mode`` is the
     task's (``"edit"``: toward ``new``; ``"unlearn"``: :func:`unlearning_loss`). ``general`` holds
     the step's general-text sequences, read at ``config.retain_positions`` positions drawn from
-    ``generator`` (:func:`retain_loss`); without rows there is no retain loss.
+    ``generator`` (:func:`retain_rows`); without rows there is no retain loss. One forward pass runs the forget and
+    maintain prompts, one product with the unembedding gives every term's logits (:func:`joint_answer_logits`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    forget_logits, maintain_logits = joint_answer_logits(model, forget.prompt, maintain.prompt)
+    retain_hidden, retain_targets = retain_rows(model, general, config.retain_positions, generator) if len(general) else (None, None)
+    forget_logits, maintain_logits, *retain_logits = joint_answer_logits(model, forget.prompt, maintain.prompt, extra=retain_hidden)
     if mode == "edit":
         forget_loss = answer_loss(model, forget_logits, forget.new)
     else:
         forget_loss = unlearning_loss(model, forget_logits, forget.true, config.unlearn_floor)
     maintain_loss = answer_loss(model, maintain_logits, maintain.true)
-    retain = torch.zeros((), device=model.device)
-    if len(general):
-        retain = retain_loss(model, general, config.retain_positions, generator)
+    retain = F.cross_entropy(retain_logits[0], retain_targets) if retain_logits else torch.zeros((), device=model.device)
     return StepLoss(forget_loss, maintain_loss, retain, config.forget_weight * forget_loss + maintain_loss + retain)
 
 

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from tqdm.auto import tqdm
@@ -50,7 +51,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from helpers.choices import ATTACKS
 from helpers.finetune import (
-    Float32Masters, adamw, answer_loss, check_compute_dtype, joint_answer_logits, restored, retain_loss,
+    Float32Masters, adamw, answer_loss, check_compute_dtype, joint_answer_logits, restored, retain_rows,
 )
 from helpers.localization import Localization
 from helpers.models import LoadedModel
@@ -269,11 +270,14 @@ def relearn(
 
     def loss(rng: np.random.Generator, generator: torch.Generator) -> torch.Tensor:
         facts, maintain = _rows(learned, config.batch_size, rng), _rows(task.maintain_train, config.batch_size, rng)
-        fact_logits, maintain_logits = joint_answer_logits(model, facts.prompt, maintain.prompt)
-        total = answer_loss(model, fact_logits, facts.true) + answer_loss(model, maintain_logits, maintain.true)
+        retain_hidden = retain_targets = None
         if config.retain_batch_size:
-            rows = torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)
-            total = total + retain_loss(model, general_chunks[rows], config.retain_positions, generator)
+            chunks = general_chunks[torch.randint(len(general_chunks), (config.retain_batch_size,), generator=generator)]
+            retain_hidden, retain_targets = retain_rows(model, chunks, config.retain_positions, generator)
+        fact_logits, maintain_logits, *retain_logits = joint_answer_logits(model, facts.prompt, maintain.prompt, extra=retain_hidden)
+        total = answer_loss(model, fact_logits, facts.true) + answer_loss(model, maintain_logits, maintain.true)
+        if retain_logits:
+            total = total + F.cross_entropy(retain_logits[0], retain_targets)
         return total
 
     def measure(step: int) -> dict:

@@ -46,7 +46,21 @@ MIN_SHARED_PREFIX = 4  # tokens; a shorter shared prefix is not worth a separate
 
 
 def last_token_logits(model: LoadedModel, prompts: Sequence[str], *, share_prefix: bool = True) -> torch.Tensor:
-    """Logits at the last position of each prompt (one batch), shape (n, vocab).
+    """Logits at the last position of each prompt (one batch), shape (n, vocab): :func:`unembed` of :func:`last_token_hidden`.
+
+    Where a TransformerLens bridge has been built, the full model computes them (the bridge's
+    hooks run inside its forward pass), on the plain batch.
+    """
+    if model.bridge_built:
+        ids = [model.tokenizer(p)["input_ids"] for p in prompts]
+        input_ids, attention_mask, position_ids = _left_padded(model, ids, offset=0)
+        output = model.hf_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
+        return output.logits[:, -1, :]
+    return unembed(model, last_token_hidden(model, prompts, share_prefix=share_prefix))
+
+
+def last_token_hidden(model: LoadedModel, prompts: Sequence[str], *, share_prefix: bool = True) -> torch.Tensor:
+    """The final (normalized) hidden state at the last position of each prompt (one batch), shape (n, d_model).
 
     With ``share_prefix``, a token prefix common to all prompts is computed once (see the
     module doc). The plain batch is used when a TransformerLens bridge has been built (it
@@ -54,19 +68,16 @@ def last_token_logits(model: LoadedModel, prompts: Sequence[str], *, share_prefi
     window (the window would then count the padding between prefix and rest).
     """
     ids = [model.tokenizer(p)["input_ids"] for p in prompts]
-    input_ids, attention_mask, position_ids = _left_padded(model, ids, offset=0)
-    if model.bridge_built:  # the bridge's hooks run inside the full model's forward
-        output = model.hf_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
-        return output.logits[:, -1, :]
     shared = shared_prefix_length(model, ids)
-    if share_prefix and shared:
-        return _logits_after_shared_prefix(model, ids, shared)
+    if share_prefix and shared and not model.bridge_built:
+        return _hidden_after_shared_prefix(model, ids, shared)
+    input_ids, attention_mask, position_ids = _left_padded(model, ids, offset=0)
     start = reuse.active_start(model)
     if start is not None:
         hidden = reuse.final_hidden(model, start, ids, attention_mask=attention_mask, position_ids=position_ids)
     else:
         hidden = final_hidden(model, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    return unembed(model, hidden[:, -1])
+    return hidden[:, -1]
 
 
 def final_hidden(model: LoadedModel, **inputs) -> torch.Tensor:
@@ -165,8 +176,8 @@ def _left_padded(model: LoadedModel, ids: list[list[int]], offset: int) -> tuple
     return input_ids, attention_mask, position_ids
 
 
-def _logits_after_shared_prefix(model: LoadedModel, ids: list[list[int]], shared: int) -> torch.Tensor:
-    """Run the shared prefix once, then every prompt's rest on top of its (broadcast) cache."""
+def _hidden_after_shared_prefix(model: LoadedModel, ids: list[list[int]], shared: int) -> torch.Tensor:
+    """Run the shared prefix once, then every prompt's rest on top of its (broadcast) cache; the last positions' states."""
     start = reuse.active_start(model)
     if start is not None:
         cache = reuse.prefix_cache(model, start, ids[0][:shared])
@@ -181,7 +192,7 @@ def _logits_after_shared_prefix(model: LoadedModel, ids: list[list[int]], shared
         hidden = reuse.final_hidden(model, start, ids, drop=shared, **inputs)
     else:
         hidden = final_hidden(model, input_ids=input_ids, **inputs)
-    return unembed(model, hidden[:, -1])
+    return hidden[:, -1]
 
 
 def broadcast(cache, rows: int):

@@ -32,13 +32,13 @@ from dataclasses import replace
 from unittest import mock
 
 import torch
-import torch.nn.functional as F
 
 import helpers.finetune as finetune
 from helpers.general_text import load_general_text
 from helpers.localization import Component, Localization
 from helpers.models import load_model
 from helpers.precision import FORCE_ENV, describe_hardware, native_bf16, resolve_precision
+from helpers.scoring import unembed
 from helpers.sports import known_athletes
 from helpers.tasks import sports_athlete_edit
 
@@ -50,17 +50,25 @@ def naive_answer_logits(model, prompts):
     return model.hf_model(**batch, position_ids=position_ids).logits[:, -1].float()
 
 
-def naive_retain_loss(model, chunks, n_positions, generator):
-    """Next-token loss on every position (what sampling positions avoids)."""
-    logits = model.hf_model(chunks.to(model.device)).logits.float()
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), chunks[:, 1:].flatten().to(model.device))
+def naive_joint_logits(model, *prompt_lists, extra=None, **_):
+    """Each prompt list's :func:`naive_answer_logits`, then the extra rows' logits from a product of their own."""
+    logits = [naive_answer_logits(model, prompts) for prompts in prompt_lists]
+    if extra is not None:
+        logits.append(unembed(model, extra, blocked=False).float())
+    return tuple(logits)
+
+
+def naive_retain_rows(model, chunks, n_positions, generator):
+    """Every position's final hidden state and next token (what sampling positions avoids)."""
+    hidden = model.hf_model.base_model(chunks.to(model.device)).last_hidden_state[:, :-1]
+    return hidden.flatten(0, 1), chunks[:, 1:].flatten().to(model.device)
 
 
 def run(model, localization, task, chunks, config, seed, naive: bool = False, attention: str = "eager") -> finetune.TrainingLog:
     model.hf_model.set_attn_implementation(attention)
     patches = (
-        [mock.patch.object(finetune, "answer_logits", naive_answer_logits),
-         mock.patch.object(finetune, "retain_loss", naive_retain_loss)] if naive else []
+        [mock.patch.object(finetune, "joint_answer_logits", naive_joint_logits),
+         mock.patch.object(finetune, "retain_rows", naive_retain_rows)] if naive else []
     )
     for patch in patches:
         patch.start()

@@ -1,5 +1,6 @@
 """Benchmark, in float32: the plain unembedding and AdamW against the vocabulary-blocked unembedding and fused AdamW,
-and the soft prompt's whole padded batch against its shared part run once.
+the loss terms' logits from one product with the unembedding against one per term, and the soft prompt's whole padded
+batch against its shared part run once.
 
 Two parts, each comparing both paths in one run:
 
@@ -11,7 +12,7 @@ and of :class:`helpers.scoring.VocabBlockedLinear`, the ratios and the largest d
 ``runs``: the embedded model, Sports-Athlete-Edit (16 facts): ``--steps`` training steps of the
 fact-lookup and of the nonlocalized localization, one LoRA relearning attack and one soft-prompt
 attack at the cpu profile's settings, and the scoring of 128 fact prompts, each ``--repeats`` times with the old path (``F.linear``,
-PyTorch's default AdamW, the soft prompt's whole padded batch) and the new one, alternating; the median seconds, the ratios old / new
+PyTorch's default AdamW, one unembedding product per loss term, the soft prompt's whole padded batch) and the new one, alternating; the median seconds, the ratios old / new
 and the largest difference of any loss or P(true).
 
     .venv/bin/python scripts/benchmark_kernels.py --parts products runs
@@ -87,14 +88,16 @@ def compare(weight: torch.Tensor, rows: int, repeats: int) -> dict:
 
 @contextmanager
 def old_path() -> Iterator[None]:
-    """The unembedding as one ``F.linear`` call, PyTorch's default AdamW and the soft prompt's whole batch, while inside."""
+    """The unembedding as one ``F.linear`` call per loss term, PyTorch's default AdamW and the soft prompt's whole batch, while inside."""
     def default_adamw(parameters, learning_rate):
         return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
 
     with ExitStack() as stack:
         stack.enter_context(mock.patch.object(scoring, "_blocked_unembedding", lambda head, hidden: False))
+        apart = functools.partial(finetune.joint_answer_logits, one_unembedding=False)
         for module in (finetune, relearning):
             stack.enter_context(mock.patch.object(module, "adamw", default_adamw))
+            stack.enter_context(mock.patch.object(module, "joint_answer_logits", apart))
         whole_batch = functools.partial(soft_prompt.prefixed_logits, share_prefix=False)
         stack.enter_context(mock.patch.object(soft_prompt, "prefixed_logits", whole_batch))
         yield

@@ -20,7 +20,7 @@ from helpers.finetune import (
     joint_answer_logits,
     restored,
     retain_chunks,
-    retain_loss,
+    retain_rows,
     step_loss,
     train_localized,
     unlearning_loss,
@@ -31,7 +31,7 @@ from helpers.localization import Component, Localization, named_weights
 from helpers.models import LoadedModel
 from helpers.prompts import SPORTS
 from helpers.records import training_format_metrics
-from helpers.scoring import answer_probabilities, first_token_ids
+from helpers.scoring import answer_probabilities, first_token_ids, unembed
 from helpers.tasks import sports_athlete_edit
 
 NAMES = ["Alice", "Boris", "Chen", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ingrid", "Jonas", "Kwame", "Lucia"]
@@ -225,8 +225,22 @@ def test_retain_loss_on_every_position_is_the_full_next_token_loss(setup):
     with torch.no_grad():
         logits = model.hf_model(chunks[:2]).logits
         full = F.cross_entropy(logits[:, :-1].flatten(0, 1), chunks[:2, 1:].flatten())
-        estimate = retain_loss(model, chunks[:2], chunks.shape[1] - 1, torch.Generator().manual_seed(0))
+        hidden, targets = retain_rows(model, chunks[:2], chunks.shape[1] - 1, torch.Generator().manual_seed(0))
+        estimate = F.cross_entropy(unembed(model, hidden), targets)
     torch.testing.assert_close(estimate, full, atol=1e-4, rtol=1e-4)
+
+
+def test_one_unembedding_gives_each_terms_logits(setup):
+    model, task, _, chunks = setup
+    forget, maintain = list(task.forget_train.prompt), list(task.maintain_train.prompt)
+    with torch.no_grad():
+        hidden, _ = retain_rows(model, chunks[:2], 4, torch.Generator().manual_seed(0))
+        together = joint_answer_logits(model, forget, maintain, extra=hidden)
+        apart = joint_answer_logits(model, forget, maintain, extra=hidden, one_unembedding=False)
+    assert [len(part) for part in together] == [len(forget), len(maintain), 8]
+    for one, other in zip(together, apart):
+        torch.testing.assert_close(one, other, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together[2], unembed(model, hidden).float(), atol=1e-5, rtol=1e-4)
 
 
 def test_bad_inputs(setup):

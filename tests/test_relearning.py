@@ -142,9 +142,9 @@ def test_relearning_trains_on_the_learned_half_only(setup, monkeypatch):
     learned, held_out = relearning_split(task, seed=0)
     seen = []
 
-    def recording_logits(model, *prompt_lists):
+    def recording_logits(model, *prompt_lists, **kwargs):
         seen.extend(prompt for prompts in prompt_lists for prompt in prompts)
-        return original(model, *prompt_lists)
+        return original(model, *prompt_lists, **kwargs)
 
     original = relearning.joint_answer_logits
     monkeypatch.setattr(relearning, "joint_answer_logits", recording_logits)

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import Gemma3ForCausalLM
 
 from helpers import reuse
@@ -12,13 +13,13 @@ from helpers.finetune import (
     TrainingConfig,
     restored,
     retain_chunks,
-    retain_loss,
+    retain_rows,
     train_localized,
 )
 from helpers.localization import Component, Localization
 from helpers.models import EMBEDDED_ARCHITECTURE_ID, LoadedModel
 from helpers.prompts import SPORTS
-from helpers.scoring import candidate_probs, last_token_logits
+from helpers.scoring import candidate_probs, last_token_logits, unembed
 from helpers.tasks import sports_athlete_edit
 from tests.conftest import tiny_gemma_config
 
@@ -58,7 +59,8 @@ def loss_and_grads(model, loc, chunks, *, enabled, share_prefix=True):
     """Last-token logits, a fact and a retain loss, and the gradients of the trained weights."""
     with restored(model, loc) as trained, reuse.reusing(model, loc.start_layer, enabled=enabled):
         logits = last_token_logits(model, PROMPTS, share_prefix=share_prefix)
-        retain = retain_loss(model, chunks, 4, torch.Generator().manual_seed(0))
+        hidden, targets = retain_rows(model, chunks, 4, torch.Generator().manual_seed(0))
+        retain = F.cross_entropy(unembed(model, hidden), targets)
         loss = logits.logsumexp(-1).mean() - logits[:, 7].mean() + retain
         loss.backward()
         return logits.detach(), retain.detach(), [p.grad.clone() for p in trained]

@@ -13,7 +13,7 @@ from helpers.scoring import candidate_probs, first_token_ids, last_token_logits,
 from tests.conftest import tiny_gemma_config
 from transformers import Gemma3ForCausalLM
 
-SHARED = scoring._logits_after_shared_prefix
+SHARED = scoring._hidden_after_shared_prefix
 
 PROMPTS = ["Fact: Tiger Woods plays the sport of", "Hello", "The official language of France is the language called"]
 ANSWERS = ["basketball", "baseball", "golf"]
@@ -65,7 +65,7 @@ def test_shared_prefix_gives_the_same_logits_and_gradients(gemma_tokenizer, wind
     model = LoadedModel("tiny", Gemma3ForCausalLM(tiny_gemma_config(len(gemma_tokenizer), sliding_window=window)).eval(),
                         gemma_tokenizer, "test")
     calls = []
-    monkeypatch.setattr(scoring, "_logits_after_shared_prefix", lambda *a: calls.append(1) or SHARED(*a))
+    monkeypatch.setattr(scoring, "_hidden_after_shared_prefix", lambda *a: calls.append(1) or SHARED(*a))
     prompts = [sports_fact_prompt(name) for name in ("Alice Smith", "Bo", "Chen Wei Long", "Dmitri")]
     weight = model.hf_model.model.layers[0].mlp.down_proj.weight
     results = []
