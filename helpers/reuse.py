@@ -201,9 +201,7 @@ def _compute_states(model: LoadedModel, start: int, sequences: Sequence[tuple[in
     prefix_state = states(model, start, [tuple(sequences[0][:shared])])[0]
     with _cacheable():
         cache = model.hf_model.base_model(input_ids=torch.tensor([sequences[0][:shared]], device=model.device), use_cache=True).cache
-    for layer in cache.layers:
-        layer.keys = layer.keys.expand(len(sequences), -1, -1, -1)
-        layer.values = layer.values.expand(len(sequences), -1, -1, -1)
+    scoring.broadcast(cache, len(sequences))
     ids, mask, positions = _left_pad(model, [seq[shared:] for seq in sequences])
     mask = torch.cat([torch.ones(len(sequences), shared, dtype=mask.dtype, device=model.device), mask], 1)
     hidden = _entering(model, start, input_ids=ids, attention_mask=mask, position_ids=positions + shared, cache=cache, use_cache=True)
