@@ -2,6 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_info
 
 from helpers.localization import parameter_count
 from helpers.probes import (
@@ -75,6 +77,24 @@ def test_probes_decode_the_sport_only_where_it_is_encoded():
     # One split per seed, shared by both inputs: identical features give identical accuracies.
     by_input = results.pivot_table(index=["layer", "seed"], columns="input", values="accuracy")
     np.testing.assert_array_equal(by_input[NAME_ONLY], by_input[FULL_PROMPT])
+
+
+def test_probe_fits_run_on_one_blas_thread_and_the_pools_are_restored(monkeypatch):
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before, during = blas_threads(), []
+    fit = LogisticRegression.fit
+
+    def recording_fit(self, *args, **kwargs):
+        during.append(max(blas_threads()))
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", recording_fit)
+    features, labels = synthetic_residuals()
+    probe_accuracy_by_layer({NAME_ONLY: features}, labels, seeds=[0])
+    assert during and set(during) == {1}
+    assert blas_threads() == before
 
 
 def test_splits_are_seeded_stratified_and_disjoint():
