@@ -197,7 +197,10 @@ def worker_job(
     key: str, threads: int | None,
 ) -> dict:
     """:func:`run_job` in a worker process, on the first copy of ``measurements`` this worker received under
-    ``token``: what it prepared for one run (the unedited model's hidden states of a task) serves the next."""
+    ``token``: what it prepared for one run (the unedited model's hidden states of a task) serves the next. Only
+    the latest call's copy is kept."""
+    if token not in _WORKER_MEASUREMENTS:
+        _WORKER_MEASUREMENTS.clear()
     measurements = _WORKER_MEASUREMENTS.setdefault(token, measurements)
     return run_job(spec, run, general_chunks, measurements, purpose, key, threads)
 

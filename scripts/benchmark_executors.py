@@ -88,12 +88,14 @@ def main() -> None:
     args = parser.parse_args()
     model = load_model()
     chunks = retain_chunks(model, load_general_text("train"), TrainingConfig().retain_length)
-    measurements = Robustness(model, known_athletes(model), known_facts(model), chunks, SETTINGS).measurements()
+    athletes = known_athletes(model)
+    measurements = Robustness(model, athletes, known_facts(model), chunks, SETTINGS).measurements()
     config = TrainingConfig(learning_rate=2e-4, steps=args.steps, batch_size=16, retain_batch_size=1, precision="float32",
                             check_every=4)
     localizations = [Localization.build(name, model, components, "benchmark") for name, components in LOCALIZATIONS.items()]
-    runs = [PlannedRun(sports_athlete_edit(known_athletes(model), 16, seed=seed, n_maintain=16), seed, loc, config, seed)
-            for seed in range(args.seeds) for loc in localizations]  # as helpers.grid.plan_runs orders them
+    tasks = {seed: sports_athlete_edit(athletes, 16, seed=seed, n_maintain=16) for seed in range(args.seeds)}
+    runs = [PlannedRun(task, seed, loc, config, seed)
+            for seed, task in tasks.items() for loc in localizations]  # as helpers.grid.plan_runs orders them
     executors = {"local": LocalExecutor(), "processes": ProcessExecutor(ModelSpec(model.name), args.workers, args.threads)}
     report: dict = {"hardware": describe_hardware(model.device), "cores": available_cores(),
                     "threads (local)": torch.get_num_threads(), "runs": len(runs),
