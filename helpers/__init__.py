@@ -6,6 +6,7 @@ Modules, grouped by the step of the book they serve:
   atomically), :mod:`helpers.keys` (what cache and record keys hold: model, dtype, code version),
   :mod:`helpers.models` (the embedded Gemma-3-270M or any Hugging Face model),
   :mod:`helpers.precision` (float32 or bf16 matrix products, ``auto`` from the hardware),
+  :mod:`helpers.kernels` (float32 matrix products by oneDNN on a CPU),
   :mod:`helpers.parameters` (the range of every notebook parameter; the names it allows in
   :mod:`helpers.choices`), :mod:`helpers.plots`
   (figures offline), :mod:`helpers.book` (execute the notebooks, build the book),

@@ -33,6 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from helpers.cache import cache_dir, slug, write_json
 from helpers.choices import DTYPE_NAMES
+from helpers.kernels import use_onednn
 from helpers.validation import read_json
 
 EMBEDDED_MODEL = "gemma-3-270m"
@@ -118,6 +119,8 @@ def load_model(
     except SafetensorError as error:
         raise ValueError(f"Cannot read the weights of model {name!r} in {folder}: {error}. {rebuild_hint(name, folder)}") from None
     model.to(device).eval()
+    if device == "cpu":
+        use_onednn(model)  # float32 products by oneDNN rather than MKL (helpers/kernels.py)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -124,8 +124,9 @@ class VocabBlockedLinear(torch.autograd.Function):
 
 def _blocked_unembedding(head: torch.nn.Module, hidden: torch.Tensor) -> bool:
     """Whether :class:`VocabBlockedLinear` computes ``head(hidden)``: at most :data:`MAX_BLOCKED_ROWS` rows,
-    a bias-free float32 head on a CPU, no autocast."""
-    return (isinstance(head, torch.nn.Linear) and head.bias is None and hidden.device.type == "cpu"
+    a bias-free float32 head on a CPU, no autocast, and PyTorch's own kernels (oneDNN's single product,
+    :class:`helpers.kernels.OneDNNLinear`, is faster than the blocked ones: ``scripts/benchmark_kernels.py``)."""
+    return (type(head) is torch.nn.Linear and head.bias is None and hidden.device.type == "cpu"
             and hidden.dim() == 2 and len(hidden) <= MAX_BLOCKED_ROWS
             and hidden.dtype == head.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
 

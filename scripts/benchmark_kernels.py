@@ -1,21 +1,28 @@
 """Benchmark, in float32: the plain unembedding and AdamW against the vocabulary-blocked unembedding and fused AdamW,
-the loss terms' logits from one product with the unembedding against one per term, and the soft prompt's whole padded
-batch against its shared part run once.
+the loss terms' logits from one product with the unembedding against one per term, the soft prompt's whole padded
+batch against its shared part run once, and PyTorch's own linear kernels (MKL on x86) against oneDNN's.
 
-Two parts, each comparing both paths in one run:
+Four parts, each comparing both paths in one run:
 
 ``products``: for a few row counts (the rows one training step or one scoring batch unembeds),
 the forward and the forward-and-backward pass (the gradient of the hidden states) of a
 (262144, 640) matrix, Gemma-3-270M's unembedding, on the CPU: the median seconds of ``F.linear``
 and of :class:`helpers.scoring.VocabBlockedLinear`, the ratios and the largest differences.
 
-``runs``: the embedded model, Sports-Athlete-Edit (16 facts): ``--steps`` training steps of the
+``runs`` (on PyTorch's own linear kernels, as these changes were measured): the embedded model, Sports-Athlete-Edit (16 facts): ``--steps`` training steps of the
 fact-lookup and of the nonlocalized localization, one LoRA relearning attack and one soft-prompt
 attack at the cpu profile's settings, and the scoring of 128 fact prompts, each ``--repeats`` times with the old path (``F.linear``,
 PyTorch's default AdamW, one unembedding product per loss term, the soft prompt's whole padded batch) and the new one, alternating; the median seconds, the ratios old / new
 and the largest difference of any loss or P(true).
 
-    .venv/bin/python scripts/benchmark_kernels.py --parts products runs
+``linear``: every weight shape of Gemma-3-270M (the attention and MLP projections, the
+unembedding) for 32 and 512 rows, forward and forward-and-backward (input and weight gradients):
+the median seconds of ``F.linear`` (PyTorch's kernel) and of :func:`helpers.kernels.linear` (oneDNN).
+
+``backends``: the work of ``runs`` with every linear layer of the model on PyTorch's kernels
+(old) and on oneDNN's (new, :func:`helpers.kernels.use_onednn`, what :func:`helpers.models.load_model` does on a CPU).
+
+    .venv/bin/python scripts/benchmark_kernels.py --parts products runs linear backends
 """
 
 from __future__ import annotations
@@ -28,18 +35,21 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from unittest import mock
 
 import torch
 
 os.environ["MECHUNLEARN_PRECISION"] = "float32"
 
+from torch import nn
+
 from helpers import finetune, relearning, scoring, soft_prompt
 from helpers.finetune import TrainingConfig, restored, retain_chunks, train_localized
 from helpers.general_text import load_general_text
+from helpers.kernels import OneDNNLinear, linear
 from helpers.localization import Component, Localization, nonlocalized
-from helpers.models import load_model
+from helpers.models import LoadedModel, load_model
 from helpers.precision import describe_hardware
 from helpers.relearning import RelearnConfig, relearn
 from helpers.prompts import SPORTS, sports_fact_prompt
@@ -86,13 +96,49 @@ def compare(weight: torch.Tensor, rows: int, repeats: int) -> dict:
     }
 
 
+def compare_linear(rows: int, n_in: int, n_out: int, repeats: int) -> dict:
+    """One weight shape: forward and forward-and-backward seconds of PyTorch's kernel and oneDNN's, and their largest differences."""
+    x = torch.randn(rows, n_in, requires_grad=True)
+    weight = (torch.randn(n_out, n_in) * 0.03).requires_grad_()
+    grad = torch.randn(rows, n_out)
+    paths = {"torch": torch.nn.functional.linear, "onednn": linear}
+    seconds, outputs = {}, {}
+    for name, function in paths.items():
+        with torch.no_grad():
+            seconds[f"forward {name}"] = median_seconds(lambda: function(x, weight), repeats)
+        seconds[f"forward and backward {name}"] = median_seconds(
+            lambda: torch.autograd.grad(function(x, weight), (x, weight), grad), repeats)
+        outputs[name] = [function(x, weight).detach(), *torch.autograd.grad(function(x, weight), (x, weight), grad)]
+    return {
+        "forward ratio": round(seconds["forward torch"] / seconds["forward onednn"], 3),
+        "forward and backward ratio": round(seconds["forward and backward torch"] / seconds["forward and backward onednn"], 3),
+        "seconds": {k: round(v, 5) for k, v in seconds.items()},
+        "largest relative difference": max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(*outputs.values())),
+    }
+
+
 @contextmanager
-def old_path() -> Iterator[None]:
-    """The unembedding as one ``F.linear`` call per loss term, PyTorch's default AdamW and the soft prompt's whole batch, while inside."""
+def torch_linears(model: LoadedModel) -> Iterator[None]:
+    """Every :class:`~helpers.kernels.OneDNNLinear` of ``model`` a plain ``nn.Linear`` (PyTorch's kernels) while inside."""
+    swapped = [module for module in model.hf_model.modules() if type(module) is OneDNNLinear]
+    for module in swapped:
+        module.__class__ = nn.Linear
+    try:
+        yield
+    finally:
+        for module in swapped:
+            module.__class__ = OneDNNLinear
+
+
+@contextmanager
+def old_path(model: LoadedModel) -> Iterator[None]:
+    """PyTorch's linear kernels with the unembedding as one ``F.linear`` call per loss term, PyTorch's default AdamW and
+    the soft prompt's whole batch, while inside."""
     def default_adamw(parameters, learning_rate):
         return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
 
     with ExitStack() as stack:
+        stack.enter_context(torch_linears(model))
         stack.enter_context(mock.patch.object(scoring, "_blocked_unembedding", lambda head, hidden: False))
         apart = functools.partial(finetune.joint_answer_logits, one_unembedding=False)
         for module in (finetune, relearning):
@@ -103,8 +149,11 @@ def old_path() -> Iterator[None]:
         yield
 
 
-def compare_runs(steps: int, repeats: int) -> dict:
-    """Training, the LoRA attack and the soft prompt on the embedded model, old and new path alternating."""
+Path = Callable[[LoadedModel], AbstractContextManager]
+
+
+def compare_runs(steps: int, repeats: int, old: Path, new: Path) -> dict:
+    """Training, the LoRA attack and the soft prompt on the embedded model, inside ``old(model)`` and ``new(model)`` alternating."""
     model = load_model()
     known = known_athletes(model)
     task = sports_athlete_edit(known, 16, seed=0, n_maintain=16)
@@ -142,7 +191,7 @@ def compare_runs(steps: int, repeats: int) -> dict:
     values: dict[str, dict[str, float]] = {}
     for _ in range(repeats):
         for path in ("old", "new"):
-            with old_path() if path == "old" else ExitStack():
+            with (old if path == "old" else new)(model):
                 seconds, values[path] = one_of_each()
             for name, value in seconds.items():
                 times[path][name].append(value)
@@ -154,9 +203,12 @@ def compare_runs(steps: int, repeats: int) -> dict:
     return report
 
 
+PARTS = ("products", "runs", "linear", "backends")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", choices=["products", "runs"], default=["products", "runs"])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--rows", type=int, nargs="+", default=[2, 8, 16, 32, 48, 128])
     parser.add_argument("--vocab", type=int, default=262144)
     parser.add_argument("--d-model", type=int, default=640)
@@ -171,7 +223,15 @@ def main() -> None:
         for rows in args.rows:
             report[f"{rows} rows"] = compare(weight, rows, args.repeats)
     if "runs" in args.parts:
-        report["runs"] = compare_runs(args.steps, max(1, args.repeats // 3))
+        report["runs"] = compare_runs(args.steps, max(1, args.repeats // 3), old=old_path, new=torch_linears)
+    if "linear" in args.parts:
+        shapes = {"q": (640, 1024), "k, v": (640, 256), "o": (1024, 640), "gate, up": (640, 2048), "down": (2048, 640),
+                  "unembedding": (640, args.vocab)}
+        for name, (n_in, n_out) in shapes.items():
+            for rows in (32, 512):
+                report[f"linear {name}, {rows} rows"] = compare_linear(rows, n_in, n_out, args.repeats)
+    if "backends" in args.parts:
+        report["backends"] = compare_runs(args.steps, max(1, args.repeats // 3), old=torch_linears, new=lambda model: nullcontext())
     print(json.dumps(report, indent=1))
 
 

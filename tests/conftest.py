@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
 import helpers.precision as precision
 from helpers.book import load_profile
+from helpers.kernels import use_onednn
 from helpers.models import EMBEDDED_ARCHITECTURE_ID, LoadedModel, embedded_model_folder, load_model
 
 # The ci profile's sample of candidates; the ci book scores it first, so tests that use it read the cache.
@@ -49,9 +50,11 @@ def tiny_gemma_config(vocab_size: int, n_layers: int = 2, sliding_window: int = 
 
 
 def make_tiny_model(tokenizer, n_layers: int = 2, *, seed: int = 0, name: str = "tiny-gemma3") -> LoadedModel:
-    """A randomly initialized Gemma3 of ``n_layers`` in memory, with the real tokenizer (seeded)."""
+    """A randomly initialized Gemma3 of ``n_layers`` in memory, with the real tokenizer (seeded), on oneDNN's
+    linear kernels as :func:`~helpers.models.load_model` puts a model on a CPU."""
     torch.manual_seed(seed)
     model = Gemma3ForCausalLM(tiny_gemma_config(len(tokenizer), n_layers)).eval()
+    use_onednn(model)
     return LoadedModel(name, model, tokenizer, EMBEDDED_ARCHITECTURE_ID)
 
 

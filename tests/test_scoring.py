@@ -8,6 +8,7 @@ import torch
 
 from helpers.prompts import sports_fact_prompt
 import helpers.scoring as scoring
+from helpers.kernels import OneDNNLinear
 from helpers.models import LoadedModel
 from helpers.scoring import candidate_probs, first_token_ids, last_token_logits, renormalize
 from tests.conftest import tiny_gemma_config
@@ -104,10 +105,15 @@ def test_vocab_blocked_unembedding_matches_the_plain_product(rows, monkeypatch):
         torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-5)
 
 
-def test_unembed_takes_the_blocked_path_only_for_float32_on_a_cpu(tiny_model, monkeypatch):
+def test_unembed_takes_the_blocked_path_only_for_float32_on_a_cpu_on_torch_kernels(tiny_model, monkeypatch):
     calls = []
     monkeypatch.setattr(scoring.VocabBlockedLinear, "apply", lambda *args: calls.append(1) or torch.nn.functional.linear(*args))
     hidden = torch.randn(3, tiny_model.hf_model.config.hidden_size)
+    head = tiny_model.hf_model.get_output_embeddings()
+    assert isinstance(head, OneDNNLinear)
+    scoring.unembed(tiny_model, hidden)
+    assert calls == []  # oneDNN's single product is faster than the blocked one
+    monkeypatch.setattr(head, "__class__", torch.nn.Linear)  # as with MECHUNLEARN_LINEAR=torch
     reference = scoring.unembed(tiny_model, hidden, blocked=False)
     torch.testing.assert_close(scoring.unembed(tiny_model, hidden), reference)
     assert calls == [1]
