@@ -35,8 +35,9 @@ prompt prefix shared by a batch runs once (:func:`helpers.scoring.last_token_log
 below the first trainable one build no autograd graph, because nothing below them requires gradients, and they run once per prompt and
 general-text chunk, not once per step: the residual stream entering the lowest trained layer is
 cached (:mod:`helpers.reuse`; ``reuse_frozen=False`` turns it off). ``precision="bfloat16"``
-runs the matrix products in bf16 (:class:`helpers.precision.Precision`): about twice as fast on a
-CPU with native bf16 (AVX512-BF16, AMX) and far slower on one without, so the default ``"auto"``
+runs the matrix products in bf16 (:class:`helpers.precision.Precision`): faster than float32 on a
+CPU with native bf16 (AVX512-BF16, AMX; by how much depends on the float32 kernels it is compared
+with: ``book/run_it_yourself.md``) and far slower on one without, so the default ``"auto"``
 picks it only where it is native (:func:`helpers.precision.resolve_precision`); the losses differ
 by rounding (``scripts/benchmark_finetune.py`` measures both on the machine it runs on). The forget
 and maintain prompts share one forward pass, and every loss term's rows one product with the unembedding.

@@ -102,8 +102,8 @@ class Robustness:
         """Every format, the general loss, the other-kind quiz (:func:`helpers.evaluation.evaluate_task`), MMLU if asked.
 
         The formats, the loss and the quiz run in ``eval_precision``: with ``"bfloat16"`` every
-        linear weight is cast once per evaluation (:class:`helpers.precision.Precision`), about
-        twice as fast on a CPU with native bf16; ``"auto"`` chooses it only there.
+        linear weight is cast once per evaluation (:class:`helpers.precision.Precision`), faster
+        than float32 only on a CPU with native bf16; ``"auto"`` chooses it only there.
         """
         s = self.settings
         quiz = other_kind_quiz(task, athletes=self.athletes, facts=self.facts, n=s.quiz_size, seed=s.seed)
