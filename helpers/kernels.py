@@ -12,11 +12,18 @@ still float32 arithmetic: the results differ from MKL's by rounding only (the or
 
 ``MECHUNLEARN_LINEAR=torch`` keeps PyTorch's own kernels (the comparison's other side); a model
 on a GPU, a bf16 weight or an autocast region always uses them.
+
+A custom autograd function cannot see which gradients a backward pass asks for, only which inputs
+require one: a gradient with respect to activations alone (attribution patching) still computes the
+gradient of every weight that requires one, seven times the work on this model. Such passes run
+inside :func:`weights_frozen`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -93,3 +100,17 @@ def use_onednn(module: nn.Module) -> int:
             child.__class__ = OneDNNLinear
             swapped += 1
     return swapped
+
+
+@contextmanager
+def weights_frozen(module: nn.Module) -> Iterator[None]:
+    """Inside, no parameter of ``module`` requires a gradient (a backward pass computes none for them and
+    leaves no ``.grad``); on exit every ``requires_grad`` flag is as it was."""
+    flags = [(parameter, parameter.requires_grad) for parameter in module.parameters()]
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)

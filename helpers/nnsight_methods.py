@@ -30,13 +30,11 @@ process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from nnsight import TransformersModel
 
 from helpers.contrast import ContrastBatch, logit_diff
+from helpers.kernels import weights_frozen
 from helpers.models import LoadedModel
 from helpers.path_patching import HEAD_PATHS
 
@@ -106,19 +104,6 @@ def head_path_metrics(
     return torch.stack(patched), clean, corrupt
 
 
-@contextmanager
-def _weights_frozen(lm: TransformersModel) -> Iterator[None]:
-    """Inside, no weight requires a gradient (so a backward pass leaves no ``.grad`` on them)."""
-    flags = [(parameter, parameter.requires_grad) for parameter in lm.parameters()]
-    try:
-        for parameter, _ in flags:
-            parameter.requires_grad_(False)
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-
-
 def attribution_metrics(
     lm: TransformersModel, batch: ContrastBatch, *, remote: bool | str = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -138,7 +123,7 @@ def attribution_metrics(
         corrupt_z.save()
         corrupt_mlp.save()
         corrupt = logit_diff(lm.lm_head.output, batch).save()
-    with _weights_frozen(lm), lm.trace(batch.clean, remote=remote):
+    with weights_frozen(lm), lm.trace(batch.clean, remote=remote):
         lm.model.embed_tokens.output.requires_grad_()  # the graph starts at the embeddings
         clean_z, clean_mlp = [], []
         for layer in range(n_layers):

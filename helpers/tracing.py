@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from helpers.contrast import ContrastBatch, logit_diff, normalized_effect
+from helpers.kernels import weights_frozen
 from helpers.localization import (
     Component,
     Localization,
@@ -388,8 +389,8 @@ def metric_gradients(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The clean run's logit differences (n,), and per patching hook its activation and gradient."""
     names = patching_hooks(model)
-    with torch.enable_grad():
-        # Start the graph at the embeddings, so gradients flow even if the weights are frozen.
+    with torch.enable_grad(), weights_frozen(model.hf_model):
+        # The graph starts at the embeddings: the weights need no gradient (helpers/kernels.py says why they must not).
         embeddings = model.hf_model.get_input_embeddings()(batch.clean).detach().requires_grad_()
         every_position = torch.ones_like(batch.subject)
         logits, clean = run_patched(model, batch.clean, {EMBED_HOOK: (every_position, embeddings)}, names)

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.kernels import LINEAR_ENV, OneDNNLinear, linear, linear_backend, runs_on_onednn, use_onednn
+from helpers import kernels
+from helpers.kernels import LINEAR_ENV, OneDNNLinear, linear, linear_backend, runs_on_onednn, use_onednn, weights_frozen
 
 pytestmark = pytest.mark.skipif(linear_backend() != "onednn", reason="this PyTorch has no oneDNN")
 
@@ -33,6 +34,27 @@ def test_only_float32_on_a_cpu_outside_autocast_takes_onednn():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not runs_on_onednn(x, weight)
         assert linear(x, weight).dtype == torch.bfloat16  # autocast's own F.linear
+
+
+def test_weights_frozen_spares_the_weight_gradient_and_restores_the_flags(monkeypatch):
+    layer = OneDNNLinear(8, 4)
+    layer.bias.requires_grad_(False)  # a mixed set of flags comes back as it was
+    x = torch.randn(3, 8, requires_grad=True)
+    products = []
+    monkeypatch.setattr(kernels, "_product", lambda a, b: products.append(b.shape) or a @ b.T)
+
+    def products_of_a_backward_to_the_input() -> int:
+        products.clear()
+        torch.autograd.grad(layer(x).sum(), x)
+        return len(products) - 1  # less the forward's
+
+    assert products_of_a_backward_to_the_input() == 2  # the input's gradient and, for nothing, the weight's
+    with weights_frozen(layer):
+        assert products_of_a_backward_to_the_input() == 1
+    assert (layer.weight.requires_grad, layer.bias.requires_grad) == (True, False)
+    with pytest.raises(RuntimeError), weights_frozen(layer):
+        raise RuntimeError
+    assert (layer.weight.requires_grad, layer.bias.requires_grad) == (True, False)
 
 
 def test_use_onednn_swaps_plain_linears_only(monkeypatch):
