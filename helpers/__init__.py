@@ -15,6 +15,7 @@ Modules, grouped by the step of the book they serve:
 - Data and prompts: :mod:`helpers.sports`, :mod:`helpers.counterfact`,
   :mod:`helpers.general_text`, checked by :mod:`helpers.validation`; :mod:`helpers.prompts`
   (every prompt format), :mod:`helpers.scoring` (probabilities of candidate answers),
+  :mod:`helpers.packing` (a batch's prompts in one sequence, their shared prefix once),
   :mod:`helpers.knowledge` (cached knowledge scores), :mod:`helpers.formats` (the same facts in
   several formats).
 - Localization (chapters 01-03): :mod:`helpers.probes` (sports fact lookup),

@@ -31,7 +31,8 @@ What makes it fast on a CPU, without changing the loss: only the last position's
 computed for the fact losses, and only the sampled positions' logits for the retain loss (the
 262k-token unembedding dominates a small model's cost), as 2-D matrix products in vocabulary
 blocks (:func:`helpers.scoring.unembed`); AdamW runs as one fused kernel (:func:`adamw`); a
-prompt prefix shared by a batch runs once (:func:`helpers.scoring.last_token_logits`); layers
+prompt prefix shared by a batch runs once, the batch packed into one sequence without padding
+(:func:`helpers.scoring.last_token_logits`, :mod:`helpers.packing`); layers
 below the first trainable one build no autograd graph, because nothing below them requires gradients, and they run once per prompt and
 general-text chunk, not once per step: the residual stream entering the lowest trained layer is
 cached (:mod:`helpers.reuse`; ``reuse_frozen=False`` turns it off). ``precision="bfloat16"``

@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -53,6 +54,7 @@ from helpers.choices import ATTACKS
 from helpers.finetune import (
     Float32Masters, adamw, answer_loss, check_compute_dtype, joint_answer_logits, restored, retain_rows,
 )
+from helpers.kernels import use_onednn
 from helpers.localization import Localization
 from helpers.models import LoadedModel
 from helpers.precision import CHOICES, Precision
@@ -150,6 +152,11 @@ def lora_adapter(model: LoadedModel, rank: int, alpha: float, *, seed: int) -> I
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 inject_adapter_in_model(config, model.hf_model)
+            if model.device.type == "cpu":  # the adapter's own products by oneDNN too (helpers/kernels.py)
+                for layer in model.hf_model.modules():
+                    if isinstance(layer, LoraLayer):
+                        use_onednn(layer.lora_A)
+                        use_onednn(layer.lora_B)
             for name, parameter in model.hf_model.named_parameters():
                 parameter.requires_grad_("lora_" in name)
             yield [p for p in model.hf_model.parameters() if p.requires_grad]

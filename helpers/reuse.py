@@ -259,6 +259,15 @@ def final_hidden(model: LoadedModel, start: int, sequences: Sequence[Sequence[in
         return model.hf_model.base_model(inputs_embeds=embeds, **inputs).last_hidden_state
 
 
+def packed_final_hidden(model: LoadedModel, start: int, sequences: Sequence[Sequence[int]], shared: int, **inputs) -> torch.Tensor:
+    """Final hidden states (1, L, d_model) of ``sequences`` packed as :func:`helpers.packing.pack` packs them (their
+    first ``shared`` tokens once), from layer ``start`` on; ``inputs`` (the pack's positions and mask) go to Hugging Face."""
+    rows = states(model, start, sequences)
+    embeds = torch.cat([rows[0][:shared], *(row[shared:] for row in rows)])[None]
+    with layers_from(model, start):
+        return model.hf_model.base_model(inputs_embeds=embeds, **inputs).last_hidden_state
+
+
 def prefix_cache(model: LoadedModel, start: int, prefix: Sequence[int]):
     """The key/value cache of a prompt prefix: the lower layers' from the cache, the upper layers' computed now."""
     prefix = tuple(prefix)

@@ -6,9 +6,11 @@ by length, left-padded into batches, and only the last position's logits are com
 An answer is scored by the probability of its first token, written with a leading space.
 
 Prompts that share a token prefix (the one-shot example of the sports prompt is 13 of its
-~21 tokens) run the prefix once and reuse its key/value cache for every prompt of the batch:
-the same computation, gradients included, on less than half the tokens (a test checks the
-logits and the gradients against the plain batch).
+~21 tokens) run the prefix once: on a CPU the batch is packed into one sequence, the prefix
+and then every prompt's rest, with a block-diagonal causal mask (:mod:`helpers.packing`);
+elsewhere the prefix runs first and every prompt's rest runs on its broadcast key/value cache.
+Both are the same computation, gradients included, on less than half the tokens (tests check
+the logits and the gradients against the plain batch).
 
 The unembedding is applied here to a 2-D (rows, d_model) matrix (:func:`unembed`): Hugging
 Face's ``logits_to_keep`` slices the hidden states into a non-contiguous 3-D tensor, which
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 
 from helpers import reuse
 from helpers.models import LoadedModel
+from helpers.packing import attention_mask, pack, pack_groups
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,7 +48,9 @@ def first_token_ids(tokenizer, answers: Sequence[str]) -> list[int]:
 MIN_SHARED_PREFIX = 4  # tokens; a shorter shared prefix is not worth a separate forward pass
 
 
-def last_token_logits(model: LoadedModel, prompts: Sequence[str], *, share_prefix: bool = True) -> torch.Tensor:
+def last_token_logits(
+    model: LoadedModel, prompts: Sequence[str], *, share_prefix: bool = True, packed: bool = True,
+) -> torch.Tensor:
     """Logits at the last position of each prompt (one batch), shape (n, vocab): :func:`unembed` of :func:`last_token_hidden`.
 
     Where a TransformerLens bridge has been built, the full model computes them (the bridge's
@@ -56,20 +61,25 @@ def last_token_logits(model: LoadedModel, prompts: Sequence[str], *, share_prefi
         input_ids, attention_mask, position_ids = _left_padded(model, ids, offset=0)
         output = model.hf_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=1)
         return output.logits[:, -1, :]
-    return unembed(model, last_token_hidden(model, prompts, share_prefix=share_prefix))
+    return unembed(model, last_token_hidden(model, prompts, share_prefix=share_prefix, packed=packed))
 
 
-def last_token_hidden(model: LoadedModel, prompts: Sequence[str], *, share_prefix: bool = True) -> torch.Tensor:
+def last_token_hidden(
+    model: LoadedModel, prompts: Sequence[str], *, share_prefix: bool = True, packed: bool = True,
+) -> torch.Tensor:
     """The final (normalized) hidden state at the last position of each prompt (one batch), shape (n, d_model).
 
     With ``share_prefix``, a token prefix common to all prompts is computed once (see the
-    module doc). The plain batch is used when a TransformerLens bridge has been built (it
+    module doc): in packed sequences where :func:`packs` (``packed=False``: on the prefix's
+    broadcast cache). The plain batch is used when a TransformerLens bridge has been built (it
     breaks Hugging Face's cache) and when the padded batch is longer than a sliding attention
     window (the window would then count the padding between prefix and rest).
     """
     ids = [model.tokenizer(p)["input_ids"] for p in prompts]
     shared = shared_prefix_length(model, ids)
     if share_prefix and shared and not model.bridge_built:
+        if packed and packs(model):
+            return _packed_last_hidden(model, ids, shared)
         return _hidden_after_shared_prefix(model, ids, shared)
     input_ids, attention_mask, position_ids = _left_padded(model, ids, offset=0)
     start = reuse.active_start(model)
@@ -194,6 +204,30 @@ def _hidden_after_shared_prefix(model: LoadedModel, ids: list[list[int]], shared
     else:
         hidden = final_hidden(model, input_ids=input_ids, **inputs)
     return hidden[:, -1]
+
+
+def packs(model: LoadedModel) -> bool:
+    """Whether prompts with a shared prefix run packed (:mod:`helpers.packing`): on a CPU, with an attention that
+    takes a custom mask (on a GPU the padded batch's extra tokens cost little)."""
+    return model.device.type == "cpu" and model.hf_model.config._attn_implementation in ("eager", "sdpa")
+
+
+def _packed_last_hidden(model: LoadedModel, ids: list[list[int]], shared: int) -> torch.Tensor:
+    """The last positions' final states of prompts that share ``shared`` tokens, run in packed sequences."""
+    start = reuse.active_start(model)
+    dtype = model.hf_model.get_input_embeddings().weight.dtype
+    states = []
+    for group in pack_groups(ids, shared):
+        sequences = [ids[i] for i in group]
+        packed = pack(sequences, shared)
+        inputs = {"position_ids": torch.tensor([packed.positions], device=model.device),
+                  "attention_mask": attention_mask(packed, dtype, model.device)}
+        if start is not None:
+            hidden = reuse.packed_final_hidden(model, start, sequences, shared, **inputs)
+        else:
+            hidden = final_hidden(model, input_ids=torch.tensor([packed.tokens], device=model.device), **inputs)
+        states.append(hidden[0, packed.ends])
+    return torch.cat(states)
 
 
 def broadcast(cache, rows: int):

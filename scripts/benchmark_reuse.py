@@ -4,9 +4,10 @@ For the fact-lookup localization (MLPs 2-6) and a causal-tracing-like one that s
 both old and new path, in one process, from the same weights:
 
 (a) ``--steps`` training steps on ``--facts`` facts (Sports-Athlete-Edit);
-(b) one grid run's measurements at the cpu profile's settings (notebook 04: every format, the
-    general loss, the quiz, the LoRA and full relearning attacks, the soft prompt, the latent
-    probes), timed per metric (the profile of where a run's measurements go);
+(b) one Sports-Athlete-Edit grid run's measurements at the cpu profile's settings (notebook 04:
+    every format, the general loss, the quiz, the LoRA relearning attack, the soft prompt, the
+    latent probes; ``--full-attack`` adds the gpu profile's ``full`` attack), timed per metric
+    (the profile of where a run's measurements go);
 (c) causal tracing of ``--trace-prompts`` prompts.
 
 Prints the seconds, the ratios old / new, and the largest difference of any metric between the
@@ -25,6 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from unittest import mock
 
 import numpy as np
@@ -60,6 +62,7 @@ SETTINGS = robustness.RobustnessSettings(  # profiles/cpu.yaml, notebook 04
     n_orders=2, max_general_tokens=512, quiz_size=32, seed=0, batch_size=32, eval_precision="float32",
     relearn=RelearnConfig(steps=10, eval_every=5, learning_rate=2e-4, lora_rank=64, batch_size=8, retain_batch_size=1,
                           precision="float32"),
+    relearn_attacks=("lora",),
     soft_prompt=SoftPromptConfig(n_vectors=4, steps=6, batch_size=8, precision="float32"),
 )
 
@@ -146,6 +149,7 @@ def main() -> None:
     parser.add_argument("--parts", default="abc", help="which of (a), (b), (c) to run")
     parser.add_argument("--trace-prompts", type=int, default=8)
     parser.add_argument("--old-only", action="store_true", help="only the full forward pass (the profile)")
+    parser.add_argument("--full-attack", action="store_true", help="(b) also runs the `full` relearning attack")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = load_model()
@@ -174,7 +178,8 @@ def main() -> None:
             results = {}
             for enabled in paths:
                 reuse.clear()
-                measure = robustness.Robustness(model, known_athletes(model), known_facts(model), chunks, SETTINGS,
+                settings = replace(SETTINGS, relearn_attacks=("lora", "full")) if args.full_attack else SETTINGS
+                measure = robustness.Robustness(model, known_athletes(model), known_facts(model), chunks, settings,
                                                 reuse_frozen=enabled)
                 measure.prepare(model, task)
                 config = TrainingConfig(learning_rate=1e-4, steps=args.edit_steps, batch_size=8, retain_batch_size=1,

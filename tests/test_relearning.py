@@ -8,6 +8,7 @@ from transformers import Gemma3ForCausalLM
 
 import helpers.relearning as relearning
 from helpers.finetune import TrainingConfig, restored, retain_chunks, train_localized
+from helpers.kernels import OneDNNLinear
 from helpers.localization import Component, Localization, named_weights
 from helpers.models import EMBEDDED_ARCHITECTURE_ID, LoadedModel
 from helpers.prompts import SPORTS
@@ -127,6 +128,8 @@ def test_lora_adapter_is_active_inside_and_gone_after(setup):
     with lora_adapter(model, rank=4, alpha=8, seed=0) as parameters:
         assert {p.requires_grad for p in model.hf_model.parameters() if all(p is not q for q in parameters)} == {False}
         assert len(parameters) == 2 * 7 * model.n_layers  # A and B for q, k, v, o, gate, up, down
+        adapter = [m for name, m in model.hf_model.named_modules() if "lora_" in name and isinstance(m, torch.nn.Linear)]
+        assert len(adapter) == len(parameters) and all(isinstance(m, OneDNNLinear) for m in adapter)  # on a CPU
         with torch.no_grad():
             assert torch.equal(model.hf_model(ids).logits, plain)  # B starts at zero
             for parameter in parameters:

@@ -55,10 +55,11 @@ def localization(model, name):
     return Localization.build(name, model, LOCALIZATIONS[name], "test")
 
 
-def loss_and_grads(model, loc, chunks, *, enabled, share_prefix=True):
-    """Last-token logits, a fact and a retain loss, and the gradients of the trained weights."""
+def loss_and_grads(model, loc, chunks, *, enabled, **path):
+    """Last-token logits, a fact and a retain loss, and the gradients of the trained weights (``path``: how the
+    shared prefix runs, :func:`helpers.scoring.last_token_logits`)."""
     with restored(model, loc) as trained, reuse.reusing(model, loc.start_layer, enabled=enabled):
-        logits = last_token_logits(model, PROMPTS, share_prefix=share_prefix)
+        logits = last_token_logits(model, PROMPTS, **path)
         hidden, targets = retain_rows(model, chunks, 4, torch.Generator().manual_seed(0))
         retain = F.cross_entropy(unembed(model, hidden), targets)
         loss = logits.logsumexp(-1).mean() - logits[:, 7].mean() + retain
@@ -66,13 +67,19 @@ def loss_and_grads(model, loc, chunks, *, enabled, share_prefix=True):
         return logits.detach(), retain.detach(), [p.grad.clone() for p in trained]
 
 
-@pytest.mark.parametrize("share_prefix", [True, False])
+PATHS = {  # how the prompts' shared prefix runs
+    "packed": {}, "prefix cache": {"packed": False}, "plain batch": {"share_prefix": False},
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("name", list(LOCALIZATIONS))
-def test_logits_losses_and_gradients_equal_the_full_forward(model, name, share_prefix):
+def test_logits_losses_and_gradients_equal_the_full_forward(model, name, path):
+    """Reuse, on each path, against the full forward pass of the plain padded batch."""
     loc = localization(model, name)
     chunks = retain_chunks(model, TEXT, 16)[:3]
-    full = loss_and_grads(model, loc, chunks, enabled=False, share_prefix=share_prefix)
-    reused = loss_and_grads(model, loc, chunks, enabled=True, share_prefix=share_prefix)
+    full = loss_and_grads(model, loc, chunks, enabled=False, share_prefix=False)
+    reused = loss_and_grads(model, loc, chunks, enabled=True, **PATHS[path])
     torch.testing.assert_close(reused[0], full[0], atol=TOLERANCE, rtol=TOLERANCE)
     torch.testing.assert_close(reused[1], full[1], atol=TOLERANCE, rtol=TOLERANCE)
     for got, want in zip(reused[2], full[2]):

@@ -8,13 +8,12 @@ import torch
 
 from helpers.prompts import sports_fact_prompt
 import helpers.scoring as scoring
+from helpers import packing
 from helpers.kernels import OneDNNLinear
 from helpers.models import LoadedModel
 from helpers.scoring import candidate_probs, first_token_ids, last_token_logits, renormalize
 from tests.conftest import tiny_gemma_config
 from transformers import Gemma3ForCausalLM
-
-SHARED = scoring._hidden_after_shared_prefix
 
 PROMPTS = ["Fact: Tiger Woods plays the sport of", "Hello", "The official language of France is the language called"]
 ANSWERS = ["basketball", "baseball", "golf"]
@@ -61,22 +60,28 @@ def test_bad_inputs(tiny_model):
 
 
 @pytest.mark.parametrize("window", [64, 16])  # 16: shorter than the batch, so the plain batch is used
-def test_shared_prefix_gives_the_same_logits_and_gradients(gemma_tokenizer, window, monkeypatch):
+@pytest.mark.parametrize("path", ["_packed_last_hidden", "_hidden_after_shared_prefix"])
+def test_shared_prefix_gives_the_same_logits_and_gradients(gemma_tokenizer, window, path, monkeypatch):
+    """Packed (in packs of at most 30 tokens: several packs) or on the prefix's cache, against the plain batch."""
     torch.manual_seed(0)
     model = LoadedModel("tiny", Gemma3ForCausalLM(tiny_gemma_config(len(gemma_tokenizer), sliding_window=window)).eval(),
                         gemma_tokenizer, "test")
-    calls = []
-    monkeypatch.setattr(scoring, "_hidden_after_shared_prefix", lambda *a: calls.append(1) or SHARED(*a))
-    prompts = [sports_fact_prompt(name) for name in ("Alice Smith", "Bo", "Chen Wei Long", "Dmitri")]
+    calls, groups = [], []
+    original = getattr(scoring, path)
+    monkeypatch.setattr(scoring, path, lambda *a: calls.append(1) or original(*a))
+    monkeypatch.setattr(scoring, "pack_groups", lambda *a: groups.append(packing.pack_groups(*a, max_tokens=30)) or groups[-1])
+    prompts = [sports_fact_prompt(name) for name in ("Alice Smith", "Bo", "Chen Wei Long", "Dmitri", "Eve", "Farid Al Amin")]
     weight = model.hf_model.model.layers[0].mlp.down_proj.weight
     results = []
     for share in (True, False):
         weight.requires_grad_(True)
         weight.grad = None
-        logits = last_token_logits(model, prompts, share_prefix=share).float()
+        logits = last_token_logits(model, prompts, share_prefix=share, packed=path == "_packed_last_hidden").float()
         logits.log_softmax(-1)[:, 7].sum().backward()
         results.append((logits.detach(), weight.grad.clone()))
     assert len(calls) == (1 if window == 64 else 0)
+    if calls and path == "_packed_last_hidden":
+        assert len(groups[0]) > 1
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-3)
 
