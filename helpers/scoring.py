@@ -79,7 +79,7 @@ def last_token_hidden(
     shared = shared_prefix_length(model, ids)
     if share_prefix and shared and not model.bridge_built:
         if packed and packs(model):
-            return _packed_last_hidden(model, ids, shared)
+            return packed_last_hidden(model, ids, shared)
         return _hidden_after_shared_prefix(model, ids, shared)
     input_ids, attention_mask, position_ids = _left_padded(model, ids, offset=0)
     start = reuse.active_start(model)
@@ -212,8 +212,9 @@ def packs(model: LoadedModel) -> bool:
     return model.device.type == "cpu" and model.hf_model.config._attn_implementation in ("eager", "sdpa")
 
 
-def _packed_last_hidden(model: LoadedModel, ids: list[list[int]], shared: int) -> torch.Tensor:
-    """The last positions' final states of prompts that share ``shared`` tokens, run in packed sequences."""
+def packed_last_hidden(model: LoadedModel, ids: list[list[int]], shared: int) -> torch.Tensor:
+    """The last positions' final states (n, d_model) of token sequences that share their first ``shared`` tokens
+    (0: none), run in packed sequences of at most :data:`helpers.packing.PACK_TOKENS` tokens."""
     start = reuse.active_start(model)
     dtype = model.hf_model.get_input_embeddings().weight.dtype
     states = []

@@ -1,13 +1,16 @@
-"""Packed batches: the layout, the mask, the split into packs, and the hidden states of a real model."""
+"""Packed batches: the layout, the mask, the split into packs, and the hidden states of a tiny Gemma3."""
 
 import pytest
 import torch
+from transformers import Gemma3ForCausalLM
 
 from helpers import packing
+from helpers.kernels import use_onednn
+from helpers.models import EMBEDDED_ARCHITECTURE_ID, LoadedModel
 from helpers.packing import PREFIX, attention_mask, pack, pack_groups
 from helpers.prompts import sports_fact_prompt
-from helpers.scoring import last_token_hidden
-from tests.conftest import make_tiny_model
+from helpers.scoring import last_token_hidden, packed_last_hidden, packs, shared_prefix_length
+from tests.conftest import tiny_gemma_config
 
 IDS = [[2, 7, 8, 5, 6], [2, 7, 8, 9], [2, 7, 8, 3, 4, 1]]  # three sequences sharing their first three tokens
 
@@ -51,12 +54,24 @@ def test_sequences_that_cannot_be_packed_are_refused(bad):
         pack(bad, 3)
 
 
-def test_packed_states_equal_each_prompt_run_alone(gemma_tokenizer, monkeypatch):
-    """The packed batch, split into several packs, against every prompt in a forward pass of its own."""
-    model = make_tiny_model(gemma_tokenizer, n_layers=3)
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_packed_states_equal_each_prompt_run_alone(gemma_tokenizer, monkeypatch, shared_prefix, attention):
+    """Packed sequences, several of them, against every prompt in a forward pass of its own; prompts without a
+    shared prefix pack too (each with its own BOS), though the book runs them as a padded batch."""
+    torch.manual_seed(0)
+    config = tiny_gemma_config(len(gemma_tokenizer), n_layers=3, sliding_window=64)
+    config._attn_implementation = attention
+    model = LoadedModel("tiny", Gemma3ForCausalLM(config).eval(), gemma_tokenizer, EMBEDDED_ARCHITECTURE_ID)
+    use_onednn(model.hf_model)
     monkeypatch.setattr(packing, "PACK_TOKENS", 24)
-    prompts = [sports_fact_prompt(name) for name in ("Alice Smith", "Bo", "Chen Wei Long", "Dmitri")]
+    names = ("Alice Smith", "Bo", "Chen Wei Long", "Dmitri")
+    prompts = [sports_fact_prompt(name) if shared_prefix else f"{name} plays which sport?" for name in names]
+    ids = [model.tokenizer(prompt)["input_ids"] for prompt in prompts]
+    shared = shared_prefix_length(model, ids)
+    assert bool(shared) == shared_prefix and packs(model)
     with torch.no_grad():
-        packed = last_token_hidden(model, prompts)
+        packed = packed_last_hidden(model, ids, shared)
         alone = torch.cat([last_token_hidden(model, [prompt]) for prompt in prompts])
+    assert len(pack_groups(ids, shared)) > 1
     torch.testing.assert_close(packed, alone, atol=1e-4, rtol=1e-4)

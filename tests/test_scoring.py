@@ -60,7 +60,7 @@ def test_bad_inputs(tiny_model):
 
 
 @pytest.mark.parametrize("window", [64, 16])  # 16: shorter than the batch, so the plain batch is used
-@pytest.mark.parametrize("path", ["_packed_last_hidden", "_hidden_after_shared_prefix"])
+@pytest.mark.parametrize("path", ["packed_last_hidden", "_hidden_after_shared_prefix"])
 def test_shared_prefix_gives_the_same_logits_and_gradients(gemma_tokenizer, window, path, monkeypatch):
     """Packed (in packs of at most 30 tokens: several packs) or on the prefix's cache, against the plain batch."""
     torch.manual_seed(0)
@@ -76,11 +76,11 @@ def test_shared_prefix_gives_the_same_logits_and_gradients(gemma_tokenizer, wind
     for share in (True, False):
         weight.requires_grad_(True)
         weight.grad = None
-        logits = last_token_logits(model, prompts, share_prefix=share, packed=path == "_packed_last_hidden").float()
+        logits = last_token_logits(model, prompts, share_prefix=share, packed=path == "packed_last_hidden").float()
         logits.log_softmax(-1)[:, 7].sum().backward()
         results.append((logits.detach(), weight.grad.clone()))
     assert len(calls) == (1 if window == 64 else 0)
-    if calls and path == "_packed_last_hidden":
+    if calls and path == "packed_last_hidden":
         assert len(groups[0]) > 1
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-3)
