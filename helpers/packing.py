@@ -8,9 +8,11 @@ sees exactly the keys it sees in its own prompt, so the last token of each rest 
 final hidden state, to within rounding. Nothing is padded and the prefix runs once, in the same
 matrix products as the rests.
 
-On a CPU this beat the padded batch that runs the prefix first and the rests on its broadcast
-key/value cache (:func:`helpers.scoring.last_token_hidden`): 1.7x for a training step's 32
-sports prompts with gradients, 1.4x for 32 scored without (``scripts/benchmark_packing.py``).
+On a CPU (2-core AMD EPYC, one thread, float32) this beat the padded batch that runs the prefix
+first and the rests on its broadcast key/value cache (:func:`helpers.scoring.last_token_hidden`):
+1.1-1.2x for a training step's 32 sports prompts with gradients, 1.3-1.4x for a relearning step's
+16 and for 32 scored without gradients (``scripts/benchmark_packing.py``, medians of 7; runs vary
+by about 10 %). The whole cpu book did not get measurably faster (chapter 04: 2500 s against 2515).
 The mask is dense, so attention costs grow with the square of the packed length: long packs
 are split (:func:`pack_groups`), and batches without a shared prefix keep the padded batch,
 which was as fast or faster for them (paraphrases, multiple choice, CounterFact prompts).
