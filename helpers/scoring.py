@@ -27,9 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from helpers import reuse
+from helpers import packing, reuse
 from helpers.models import LoadedModel
-from helpers.packing import attention_mask, pack, pack_groups
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,7 +44,7 @@ def first_token_ids(tokenizer, answers: Sequence[str]) -> list[int]:
     return ids
 
 
-MIN_SHARED_PREFIX = 4  # tokens; a shorter shared prefix is not worth a separate forward pass
+MIN_SHARED_PREFIX = 4  # tokens; a shorter shared prefix is not worth running once
 
 
 def last_token_logits(
@@ -218,11 +217,11 @@ def packed_last_hidden(model: LoadedModel, ids: list[list[int]], shared: int) ->
     start = reuse.active_start(model)
     dtype = model.hf_model.get_input_embeddings().weight.dtype
     states = []
-    for group in pack_groups(ids, shared):
+    for group in packing.pack_groups(ids, shared):
         sequences = [ids[i] for i in group]
-        packed = pack(sequences, shared)
+        packed = packing.pack(sequences, shared)
         inputs = {"position_ids": torch.tensor([packed.positions], device=model.device),
-                  "attention_mask": attention_mask(packed, dtype, model.device)}
+                  "attention_mask": packing.attention_mask(packed, dtype, model.device)}
         if start is not None:
             hidden = reuse.packed_final_hidden(model, start, sequences, shared, **inputs)
         else:

@@ -69,7 +69,8 @@ def test_shared_prefix_gives_the_same_logits_and_gradients(gemma_tokenizer, wind
     calls, groups = [], []
     original = getattr(scoring, path)
     monkeypatch.setattr(scoring, path, lambda *a: calls.append(1) or original(*a))
-    monkeypatch.setattr(scoring, "pack_groups", lambda *a: groups.append(packing.pack_groups(*a, max_tokens=30)) or groups[-1])
+    split = packing.pack_groups
+    monkeypatch.setattr(packing, "pack_groups", lambda *a: groups.append(split(*a, max_tokens=30)) or groups[-1])
     prompts = [sports_fact_prompt(name) for name in ("Alice Smith", "Bo", "Chen Wei Long", "Dmitri", "Eve", "Farid Al Amin")]
     weight = model.hf_model.model.layers[0].mlp.down_proj.weight
     results = []
