@@ -25,8 +25,13 @@ Memory is bounded: entries are evicted, least recently used first, beyond :data:
 Reuse pays only when the frozen layers are a large enough share of the model: the cache's
 bookkeeping (keys, padding, the pass-through swap) costs about as much as a few layers. With the
 frozen layers below :data:`MIN_FROZEN_SHARE` of the model, :func:`reusing` runs the full forward
-pass (``scripts/benchmark_reuse.py``, float32, 2 cores: training from layer 2 of 18 was 0.94x as
-fast with reuse, from layer 10 1.27x as fast).
+pass (``scripts/benchmark_reuse.py``, float32, 2 cores, before packed batches: training from layer 2
+of 18 was 0.94x as fast with reuse, from layer 10 1.27x as fast). With packed batches, on one thread
+as in the grid's workers, 50 steps from layer 10 were 1.20x as fast (four alternating repeats, 95%
+interval 1.03-1.37): the upper layers' forward and backward passes and the unembedding, a third of
+a step's products, still run. A run's measurements score each prompt once, so there the cache is
+filled as it is read and gains nothing (1.01x, interval 0.92-1.10); the ``full`` attack's training
+is what reuses it.
 """
 
 from __future__ import annotations
@@ -249,14 +254,18 @@ def _padded_states(model: LoadedModel, start: int, sequences: Sequence[Sequence[
     return padded
 
 
+def _from_layer(model: LoadedModel, start: int, embeds: torch.Tensor, **inputs):
+    """Hugging Face's base model output for residual streams ``embeds`` entering layer ``start``."""
+    with layers_from(model, start):
+        return model.hf_model.base_model(inputs_embeds=embeds, **inputs)
+
+
 def final_hidden(model: LoadedModel, start: int, sequences: Sequence[Sequence[int]], *, drop: int = 0, **inputs) -> torch.Tensor:
     """Final hidden states of ``sequences`` (left-padded) from layer ``start`` on; ``inputs`` go to Hugging Face.
 
     ``drop`` leaves out each sequence's first tokens, whose keys and values ``inputs["cache"]`` holds.
     """
-    embeds = _padded_states(model, start, sequences, drop)
-    with layers_from(model, start):
-        return model.hf_model.base_model(inputs_embeds=embeds, **inputs).last_hidden_state
+    return _from_layer(model, start, _padded_states(model, start, sequences, drop), **inputs).last_hidden_state
 
 
 def packed_final_hidden(model: LoadedModel, start: int, sequences: Sequence[Sequence[int]], shared: int, **inputs) -> torch.Tensor:
@@ -264,15 +273,12 @@ def packed_final_hidden(model: LoadedModel, start: int, sequences: Sequence[Sequ
     first ``shared`` tokens once), from layer ``start`` on; ``inputs`` (the pack's positions and mask) go to Hugging Face."""
     rows = states(model, start, sequences)
     embeds = torch.cat([rows[0][:shared], *(row[shared:] for row in rows)])[None]
-    with layers_from(model, start):
-        return model.hf_model.base_model(inputs_embeds=embeds, **inputs).last_hidden_state
+    return _from_layer(model, start, embeds, **inputs).last_hidden_state
 
 
 def prefix_cache(model: LoadedModel, start: int, prefix: Sequence[int]):
     """The key/value cache of a prompt prefix: the lower layers' from the cache, the upper layers' computed now."""
     prefix = tuple(prefix)
-    embeds = states(model, start, [prefix])[0][None]
-    with layers_from(model, start):
-        cache = model.hf_model.base_model(inputs_embeds=embeds, use_cache=True).cache
+    cache = _from_layer(model, start, states(model, start, [prefix])[0][None], use_cache=True).cache
     cache.layers[:start] = _lower_prefix_layers(model, start, prefix)
     return cache

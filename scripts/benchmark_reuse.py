@@ -10,10 +10,14 @@ both old and new path, in one process, from the same weights:
     (the profile of where a run's measurements go);
 (c) causal tracing of ``--trace-prompts`` prompts.
 
-Prints the seconds, the ratios old / new, and the largest difference of any metric between the
-two paths. ``MECHUNLEARN_PRECISION`` is set to float32 here.
+Each part runs ``--repeats`` times per path, alternating (old, new, then new, old, ...) so that a
+drift of the machine's speed hits both paths alike. Prints the seconds, the ratio old / new of each
+repeat with their mean and 95% Student-t interval, and the largest difference of any metric
+between the two paths. ``MECHUNLEARN_PRECISION`` is set to float32 here. As in the grid's worker
+processes, torch runs one thread (``--threads``), and part (a) trains with the cpu profile's step
+(``--facts-per-step`` 16: every fact each step).
 
-    MECHUNLEARN_RESULTS=/tmp/r .venv/bin/python scripts/benchmark_reuse.py
+    MECHUNLEARN_RESULTS=/tmp/r .venv/bin/python scripts/benchmark_reuse.py --repeats 3
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from helpers.prompts import SPORTS, sports_fact_prompt
 from helpers.relearning import RelearnConfig
 from helpers.soft_prompt import SoftPromptConfig
 from helpers.sports import known_athletes
+from helpers.stats import mean_ci
 from helpers.tasks import sports_athlete_edit
 from helpers.tracing import causal_trace
 
@@ -117,86 +122,124 @@ def progress(report: dict, key: str) -> None:
     print(json.dumps({key: report[key], "load_average": os.getloadavg()}, default=str), file=sys.stderr, flush=True)
 
 
+def alternating(run: Callable[[bool], tuple[float, object]], repeats: int) -> tuple[dict, dict[bool, object]]:
+    """``run(enabled)`` ``repeats`` times per path, in the order old, new, then new, old, and so on; returns the
+    seconds and ratios (old / new per repeat, their mean and 95% interval) and each path's first result."""
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    results: dict[bool, object] = {}
+    for repeat in range(repeats):
+        for enabled in (False, True) if repeat % 2 == 0 else (True, False):
+            elapsed, result = run(enabled)
+            seconds[enabled].append(elapsed)
+            results.setdefault(enabled, result)
+    ratios = [old / new for old, new in zip(seconds[False], seconds[True])]
+    mean, low, high = mean_ci(ratios)
+    return {"seconds": {"old": seconds[False], "new": seconds[True]}, "ratios": ratios,
+            "ratio": mean, "ratio 95% CI": [low, high]}, results
+
+
 def largest_difference(a: dict[str, float], b: dict[str, float]) -> float:
     diffs = [abs(a[k] - b[k]) for k in a if not (np.isnan(a[k]) and np.isnan(b[k]))]
     return max(diffs, default=0.0)
 
 
-def trace_both(model, n_prompts: int, paths: tuple[bool, ...]) -> dict:
-    """Causal tracing of ``n_prompts`` known athletes (notebook 03's sports prompts), per path: seconds and effects."""
+def compared(run: Callable[[bool], tuple[float, object]], repeats: int, old_only: bool) -> tuple[dict, dict[bool, object]]:
+    """:func:`alternating` of both paths, or only the old path's seconds with ``old_only`` (the profile)."""
+    if not old_only:
+        return alternating(run, repeats)
+    timed_runs = [run(False) for _ in range(repeats)]
+    return {"seconds": {"old": [elapsed for elapsed, _ in timed_runs]}}, {False: timed_runs[0][1]}
+
+
+def trace_batches(model, n_prompts: int) -> list:
+    """Notebook 03's sports contrast batches for ``n_prompts`` known athletes."""
     athletes = known_athletes(model).sample(frac=1, random_state=0).head(n_prompts)
     foils = [[other for other in SPORTS if other != sport] for sport in athletes.sport]
     prompts = [sports_fact_prompt(a) for a in athletes.athlete]
-    batches = contrast_batches(model, prompts, athletes.athlete.tolist(), athletes.sport.tolist(), foils, seed=0, batch_size=32)
-    seconds, traces = {}, {}
-    for enabled in paths:
-        start = time.perf_counter()
-        traces[enabled] = causal_trace(model, batches, seed=0, precision="float32", progress=False, reuse_noised=enabled)
-        seconds["new" if enabled else "old"] = time.perf_counter() - start
-    entry: dict = {"seconds": seconds}
-    if len(paths) == 2:
-        entry["ratio"] = seconds["old"] / seconds["new"]
-        entry["largest effect difference"] = float(max(
-            np.nanmax(np.abs(traces[True].mlp - traces[False].mlp)), np.nanmax(np.abs(traces[True].attn - traces[False].attn))))
-    return entry
+    return contrast_batches(model, prompts, athletes.athlete.tolist(), athletes.sport.tolist(), foils, seed=0, batch_size=32)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--facts", type=int, default=16)
+    parser.add_argument("--facts-per-step", type=int, default=16, help="(a): forget and maintain facts per step")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--edit-steps", type=int, default=12, help="steps of the edit measured in (b)")
     parser.add_argument("--parts", default="abc", help="which of (a), (b), (c) to run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each path per part, alternating")
     parser.add_argument("--trace-prompts", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the grid's workers use one)")
+    parser.add_argument("--localizations", nargs="+", choices=list(LOCALIZATIONS), default=list(LOCALIZATIONS))
     parser.add_argument("--old-only", action="store_true", help="only the full forward pass (the profile)")
     parser.add_argument("--full-attack", action="store_true", help="(b) also runs the `full` relearning attack")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = load_model()
     task = sports_athlete_edit(known_athletes(model), args.facts, seed=0, n_maintain=16)
     chunks = retain_chunks(model, load_general_text("train"), TrainingConfig().retain_length)
-    paths = (False,) if args.old_only else (False, True)
-    report: dict = {"hardware": describe_hardware(model.device), "load_average": os.getloadavg()}
-    for name, components in LOCALIZATIONS.items():
-        loc = Localization.build(name, model, components, "benchmark")
+    report: dict = {"hardware": describe_hardware(model.device), "threads": torch.get_num_threads(),
+                    "repeats": args.repeats, "load_average": os.getloadavg()}
+    for name in args.localizations:
+        loc = Localization.build(name, model, LOCALIZATIONS[name], "benchmark")
         if "a" in args.parts:
-            config = TrainingConfig(learning_rate=3e-5, steps=args.steps, batch_size=8, retain_batch_size=1, precision="float32",
-                                    check_every=0)
-            logs = {}
-            for enabled in paths:
+            config = TrainingConfig(learning_rate=3e-5, steps=args.steps, batch_size=args.facts_per_step, retain_batch_size=1,
+                                    precision="float32", check_every=0)
+
+            def train(enabled: bool) -> tuple[float, list[float]]:
                 reuse.clear()
                 with restored(model, loc):
-                    logs[enabled] = train_localized(model, loc, task, chunks, config, seed=0, progress=False, reuse_frozen=enabled)
-            report[f"training {name}"] = {
-                "seconds": {("new" if e else "old"): log.seconds for e, log in logs.items()},
-                **({"ratio": logs[False].seconds / logs[True].seconds,
-                    "largest loss difference": max(abs(x - y) for x, y in zip(logs[False].total, logs[True].total))}
-                   if not args.old_only else {}),
-            }
+                    log = train_localized(model, loc, task, chunks, config, seed=0, progress=False, reuse_frozen=enabled)
+                return log.seconds, log.total
+
+            entry, losses = compared(train, args.repeats, args.old_only)
+            if not args.old_only:
+                entry["largest loss difference"] = max(abs(x - y) for x, y in zip(losses[False], losses[True]))
+            report[f"training {name}"] = entry
             progress(report, f"training {name}")
         if "b" in args.parts:
-            results = {}
-            for enabled in paths:
+            settings = replace(SETTINGS, relearn_attacks=("lora", "full")) if args.full_attack else SETTINGS
+            times: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+
+            def measure(enabled: bool) -> tuple[float, dict]:
                 reuse.clear()
-                settings = replace(SETTINGS, relearn_attacks=("lora", "full")) if args.full_attack else SETTINGS
-                measure = robustness.Robustness(model, known_athletes(model), known_facts(model), chunks, settings,
-                                                reuse_frozen=enabled)
-                measure.prepare(model, task)
+                robust = robustness.Robustness(model, known_athletes(model), known_facts(model), chunks, settings,
+                                               reuse_frozen=enabled)
+                robust.prepare(model, task)
                 config = TrainingConfig(learning_rate=1e-4, steps=args.edit_steps, batch_size=8, retain_batch_size=1,
                                         precision="float32")
                 torch.manual_seed(0)
                 with restored(model, loc):
                     train_localized(model, loc, task, chunks, config, seed=0, progress=False)
-                    results[enabled] = profiled_measurements(model, task, loc, measure)
-            entry = {"seconds per metric": {("new" if e else "old"): t for e, (_, t) in results.items()}}
+                    metrics, seconds = profiled_measurements(model, task, loc, robust)
+                times[enabled].append(seconds)
+                return seconds["total"], metrics
+
+            entry, metrics = compared(measure, args.repeats, args.old_only)
+            entry["seconds per metric (median)"] = {
+                "new" if enabled else "old": {key: float(np.median([t[key] for t in runs])) for key in runs[0]}
+                for enabled, runs in times.items() if runs
+            }
             if not args.old_only:
-                entry["ratio"] = results[False][1]["total"] / results[True][1]["total"]
-                entry["largest metric difference"] = largest_difference(results[False][0], results[True][0])
+                entry["largest metric difference"] = largest_difference(metrics[False], metrics[True])
                 entry["cache MiB"] = reuse.cache_bytes() / 2**20
             report[f"measurements {name}"] = entry
             progress(report, f"measurements {name}")
     if "c" in args.parts:  # last: building the TransformerLens bridge rewraps the model for good
-        report["causal tracing"] = trace_both(model, args.trace_prompts, paths)
+        batches = trace_batches(model, args.trace_prompts)
+
+        def trace(enabled: bool) -> tuple[float, object]:
+            start = time.perf_counter()
+            traced = causal_trace(model, batches, seed=0, precision="float32", progress=False, reuse_noised=enabled)
+            return time.perf_counter() - start, traced
+
+        entry, traces = compared(trace, args.repeats, args.old_only)
+        if not args.old_only:
+            entry["largest effect difference"] = float(max(np.nanmax(np.abs(traces[True].mlp - traces[False].mlp)),
+                                                           np.nanmax(np.abs(traces[True].attn - traces[False].attn))))
+        report["causal tracing"] = entry
         progress(report, "causal tracing")
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report, indent=1, default=str))
