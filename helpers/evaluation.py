@@ -295,13 +295,21 @@ def quiz_accuracy(model: LoadedModel, task: EditTask, quiz: pd.DataFrame, *, bat
 def evaluate_task(
     model: LoadedModel, task: EditTask, *, quiz: pd.DataFrame, general_chunks_or_texts: Sequence[str] | torch.Tensor,
     n_orders: int = 2, seed: int = 0, batch_size: int = 32, max_general_tokens: int | None = 2048,
+    formats: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Every metric of the module docstring, as one flat dict (edit keys only for edits,
-    ``system_qa_*`` only for sports, ``neighborhood_accuracy`` only for CounterFact)."""
+    ``system_qa_*`` only for sports, ``neighborhood_accuracy`` only for CounterFact).
+
+    ``formats``: the prompt formats measured, among :func:`task_formats` (None: all of them).
+    """
     if n_orders < 1:
         raise ValueError(f"n_orders must be at least 1, got {n_orders}")
+    formats = task_formats(task) if formats is None else tuple(formats)
+    unknown = sorted(set(formats) - set(task_formats(task)))
+    if unknown:
+        raise ValueError(f"Unknown formats {unknown} for task {task.name!r}; choose among {task_formats(task)}")
     metrics: dict[str, float] = {}
-    for fmt in task_formats(task):
+    for fmt in formats:
         metrics |= format_metrics(model, task, fmt, n_orders=n_orders, seed=seed, batch_size=batch_size)
     if not is_sports(task):
         metrics["neighborhood_accuracy"] = neighborhood_accuracy(model, task, batch_size=batch_size)
@@ -329,6 +337,13 @@ def format_usability(before: Mapping[str, float], task: EditTask, *, margin: flo
         raise ValueError(f"The metrics before the edit lack {missing}")
     chance = mcq_chance(task)
     return {fmt: bool(before[f"{fmt}_maintain_accuracy"] > chance + margin) for fmt in MCQ_FORMATS}
+
+
+def answerable_formats(formats: Sequence[str], before: Mapping[str, float], task: EditTask) -> tuple[str, ...]:
+    """``formats`` without the multiple-choice ones the unedited model answers at chance (:func:`format_usability`
+    of its metrics ``before``): measured after an edit, those would show nothing about it."""
+    usable = format_usability(before, task)
+    return tuple(fmt for fmt in formats if usable.get(fmt, True))
 
 
 def _check_task(task: EditTask) -> None:

@@ -13,11 +13,12 @@ DataFrame. Records live in ``results/runs/`` (outside git).
 
 What is measured is a :class:`Measurements`: ``evaluate`` runs on the model before and after
 the edit (the before values are cached per task, since every localization starts from the
-same model), ``attack`` only on the edited model (relearning, probes: anything that needs the
+same model; the evaluation after the edit is handed them, so it can leave out what the unedited
+model cannot answer), ``attack`` only on the edited model (relearning, probes: anything that needs the
 edited weights), and ``prepare``, when given, on the unedited model just before a run trains
 (to keep what an attack compares against, such as the original hidden states), and ``checkpoint``, when
-given, at every completeness check during training (its values join the checks in ``curves.checks``:
-the strength curve of :mod:`helpers.robustness`). Their ``settings`` are part of the run's key, so changing what is measured
+given, at every completeness check during training (handed the before values too; its values join the
+checks in ``curves.checks``: the strength curve of :mod:`helpers.robustness`). Their ``settings`` are part of the run's key, so changing what is measured
 re-runs the grid instead of mixing old and new metrics.
 """
 
@@ -26,16 +27,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 import torch
 
 from helpers.cache import results_dir, write_json
-from helpers.finetune import Checkpoint, TrainingConfig, restored, train_localized, weights_dtype
+from helpers.finetune import TrainingConfig, restored, train_localized, weights_dtype
 from helpers.keys import model_key, prompts_digest
 from helpers.localization import Localization
 from helpers.models import LoadedModel
@@ -48,8 +51,9 @@ PACKAGES = ("torch", "transformers", "transformer-lens", "peft", "scikit-learn",
 PURPOSES = ("evaluation", "validation")
 
 
-def training_format_metrics(model: LoadedModel, task: EditTask) -> dict[str, float]:
-    """Forget error (1 - P(true)), edit accuracy (P(new)) and maintain accuracy on the fact prompt."""
+def training_format_metrics(model: LoadedModel, task: EditTask, before: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Forget error (1 - P(true)), edit accuracy (P(new)) and maintain accuracy on the fact prompt (all of them
+    whatever ``before`` holds)."""
     forget = task.forget_eval
     metrics = {
         "forget_error": float(1 - answer_probabilities(model, forget, forget.true.tolist(), task.candidates).mean()),
@@ -61,7 +65,13 @@ def training_format_metrics(model: LoadedModel, task: EditTask) -> dict[str, flo
     return metrics
 
 
-Evaluate = Callable[[LoadedModel, EditTask], dict[str, float]]
+class Evaluate(Protocol):
+    """Metrics of ``model`` on ``task``. ``before``: the unedited model's metrics from the same function when
+    ``model`` is an edit of it, None when it is the unedited model itself."""
+
+    def __call__(self, model: LoadedModel, task: EditTask, before: Mapping[str, float] | None = None) -> dict[str, float]: ...
+
+
 Attack = Callable[[LoadedModel, EditTask, Localization], dict]
 
 
@@ -72,7 +82,7 @@ class Measurements:
     evaluate: Evaluate = training_format_metrics
     attack: Attack | None = None
     prepare: Callable[[LoadedModel, EditTask], None] | None = None
-    checkpoint: Checkpoint | None = None
+    checkpoint: Evaluate | None = None
     settings: dict = field(default_factory=dict)  # everything that changes the numbers; part of the key
 
     def key(self) -> dict:
@@ -146,12 +156,13 @@ def run_experiment(
     before = baseline_metrics(model, task, measurements)
     if measurements.prepare:
         measurements.prepare(model, task)
+    checkpoint = partial(measurements.checkpoint, before=before) if measurements.checkpoint else None
     seed_everything(seed)
     with restored(model, localization):
         log = train_localized(model, localization, task, general_chunks, config, seed=seed, progress=progress,
-                              checkpoint=measurements.checkpoint)
+                              checkpoint=checkpoint)
         start = time.perf_counter()
-        after = measurements.evaluate(model, task)
+        after = measurements.evaluate(model, task, before)
         attacks = measurements.attack(model, task, localization) if measurements.attack else {}
         measure_seconds = time.perf_counter() - start
     record = {

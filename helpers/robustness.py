@@ -3,7 +3,11 @@
 Before and after the edit (:meth:`Robustness.evaluate`): every prompt format of
 :mod:`helpers.evaluation` (fact prompt, paraphrases, neighborhood, lettered and cloze multiple
 choice), the loss on held-out general text and a quiz of facts of the other kind (and MMLU
-through lm-eval, :mod:`helpers.mmlu`, when ``mmlu_limit`` is set).
+through lm-eval, :mod:`helpers.mmlu`, when ``mmlu_limit`` is set). After the edit, a
+multiple-choice format the unedited model answers at chance is left out
+(:func:`helpers.evaluation.answerable_formats`): its forget error is high and its edit accuracy
+at chance before any edit, so it cannot show what an edit did (``measure_formats_at_chance=True``
+measures it anyway). The before values keep it, so the usability tables still show why.
 After the edit only (:meth:`Robustness.attack`): the relearning attacks of
 :mod:`helpers.relearning` and the soft-prompt attack of :mod:`helpers.soft_prompt` (on the tasks
 named in ``attack_tasks``; all of them by default), and for sports the latent probes of
@@ -13,7 +17,8 @@ During the edit (:meth:`Robustness.strength_point`, for the tasks named in
 ``strength_curve_tasks``): the **strength curve**. At every completeness check of the training
 (:mod:`helpers.finetune`), the paraphrase and the two multiple-choice formats are scored on the
 evaluated forget facts (one option order, no maintain facts: a point of the curve costs a
-fraction of an evaluation), in the check's precision; the check itself gives the training
+fraction of an evaluation; a format at chance before the edit is left out here too), in the
+check's precision; the check itself gives the training
 format's edit accuracy and forget error on the trained facts, so each check is a point of
 robustness against edit strength, and localizations can be compared at equal edit strength
 rather than at their final, unequal one.
@@ -27,12 +32,15 @@ position's input: they run in full.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 import torch
 
-from helpers.evaluation import evaluate_task, format_metrics, general_chunks, is_sports, other_kind_quiz
+from helpers.evaluation import (
+    answerable_formats, evaluate_task, format_metrics, general_chunks, is_sports, other_kind_quiz, task_formats,
+)
 from helpers.formats import MCQ_FORMATS
 from helpers.general_text import load_general_text
 from helpers.latent import AthleteStates, latent_metrics, task_states
@@ -66,6 +74,7 @@ class RobustnessSettings:
     eval_precision: str = "auto"  # "bfloat16": the evaluation's matrix products in bf16; "auto": where the hardware has native bf16
     strength_curve_tasks: tuple[str, ...] = ()  # tasks whose runs measure the strength curve during training; (): none
     attack_tasks: tuple[str, ...] | None = None  # tasks whose edits the relearning and soft-prompt attacks attack; None: all
+    measure_formats_at_chance: bool = False  # also measure, after an edit, the MCQ formats the unedited model answers at chance
 
     def __post_init__(self) -> None:
         check_precision(self.eval_precision, "eval_precision")
@@ -98,8 +107,11 @@ class Robustness:
         self.heldout_chunks = general_chunks(model, load_general_text("heldout"))
         self._original_states: dict[str, AthleteStates] = {}
 
-    def evaluate(self, model: LoadedModel, task: EditTask) -> dict[str, float]:
+    def evaluate(self, model: LoadedModel, task: EditTask, before: Mapping[str, float] | None = None) -> dict[str, float]:
         """Every format, the general loss, the other-kind quiz (:func:`helpers.evaluation.evaluate_task`), MMLU if asked.
+
+        ``before``: this method's metrics of the unedited model, when ``model`` is an edit of it; the
+        formats it answered at chance are then left out (module doc). None: every format.
 
         The formats, the loss and the quiz run in ``eval_precision``: with ``"bfloat16"`` every
         linear weight is cast once per evaluation (:class:`helpers.precision.Precision`), faster
@@ -112,6 +124,7 @@ class Robustness:
             metrics = evaluate_task(
                 model, task, quiz=quiz, general_chunks_or_texts=self.heldout_chunks, n_orders=s.n_orders,
                 seed=s.seed, batch_size=s.batch_size, max_general_tokens=s.max_general_tokens,
+                formats=self._measured(task_formats(task), task, before),
             )
         if s.mmlu_limit:
             metrics["mmlu_accuracy"] = mmlu_accuracy(model, s.mmlu_limit, seed=s.seed)
@@ -154,15 +167,23 @@ class Robustness:
             results |= latent_metrics(task, self._original_states[task.fingerprint()], edited, seed=s.seed)
         return results
 
-    def strength_point(self, model: LoadedModel, task: EditTask) -> dict[str, float]:
-        """The strength curve's robustness measures at one completeness check (module doc); {} for other tasks."""
+    def strength_point(self, model: LoadedModel, task: EditTask, before: Mapping[str, float] | None = None) -> dict[str, float]:
+        """The strength curve's robustness measures at one completeness check (module doc); {} for other tasks.
+
+        ``before``: as in :meth:`evaluate`."""
         s = self.settings
         if task.name not in s.strength_curve_tasks:
             return {}
         metrics: dict[str, float] = {}
-        for fmt in STRENGTH_FORMATS:
+        for fmt in self._measured(STRENGTH_FORMATS, task, before):
             metrics |= format_metrics(model, task, fmt, n_orders=1, seed=s.seed, batch_size=s.batch_size, maintain=False)
         return metrics
+
+    def _measured(self, formats: Sequence[str], task: EditTask, before: Mapping[str, float] | None) -> tuple[str, ...]:
+        """The ``formats`` to measure: after an edit (``before`` given), those the unedited model can answer."""
+        if before is None or self.settings.measure_formats_at_chance:
+            return tuple(formats)
+        return answerable_formats(formats, before, task)
 
     def measurements(self) -> Measurements:
         checkpoint = self.strength_point if self.settings.strength_curve_tasks else None

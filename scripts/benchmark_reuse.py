@@ -83,8 +83,10 @@ def timed(times: dict[str, float], name: Callable[..., str], function: Callable)
     return wrapper
 
 
-def profiled_measurements(model, task, loc, measure: robustness.Robustness) -> tuple[dict, dict[str, float]]:
-    """One grid run's measurements after the edit (evaluate, then attack), and the seconds per metric."""
+def profiled_measurements(model, task, loc, measure: robustness.Robustness, before: dict) -> tuple[dict, dict[str, float]]:
+    """One grid run's measurements after the edit (evaluate, then attack), and the seconds per metric.
+
+    ``before``: the unedited model's metrics, as the grid hands them to the evaluation after the edit."""
     times: dict[str, float] = defaultdict(float)
     patches = [
         mock.patch.object(evaluation, "format_metrics", timed(times, lambda m, t, fmt, **k: f"format {fmt}", evaluation.format_metrics)),
@@ -99,7 +101,7 @@ def profiled_measurements(model, task, loc, measure: robustness.Robustness) -> t
         for patch in patches:
             stack.enter_context(patch)
         start = time.perf_counter()
-        metrics = measure.evaluate(model, task)
+        metrics = measure.evaluate(model, task, before)
         attacks = measure.attack(model, task, loc)
         times["total"] = time.perf_counter() - start
     return {**metrics, **flat_numbers(attacks)}, dict(times)
@@ -202,6 +204,7 @@ def main() -> None:
         if "b" in args.parts:
             settings = replace(SETTINGS, relearn_attacks=("lora", "full")) if args.full_attack else SETTINGS
             times: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+            before = robustness.Robustness(model, known_athletes(model), known_facts(model), chunks, settings).evaluate(model, task)
 
             def measure(enabled: bool) -> tuple[float, dict]:
                 reuse.clear()
@@ -213,7 +216,7 @@ def main() -> None:
                 torch.manual_seed(0)
                 with restored(model, loc):
                     train_localized(model, loc, task, chunks, config, seed=0, progress=False)
-                    metrics, seconds = profiled_measurements(model, task, loc, robust)
+                    metrics, seconds = profiled_measurements(model, task, loc, robust, before)
                 times[enabled].append(seconds)
                 return seconds["total"], metrics
 

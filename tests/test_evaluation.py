@@ -9,6 +9,7 @@ import torch
 
 from helpers.counterfact import load_counterfact
 from helpers.evaluation import (
+    answerable_formats,
     evaluate_task,
     format_metrics,
     format_usability,
@@ -190,6 +191,12 @@ def test_evaluate_task_gives_every_metric(tiny_model):
     quiz = other_kind_quiz(unlearn, athletes=ATHLETES, facts=FACTS, n=4)
     metrics = evaluate_task(tiny_model, unlearn, quiz=quiz, general_chunks_or_texts=TEXT, max_general_tokens=16, n_orders=1)
     assert not [k for k in metrics if "edit" in k]
+    some = evaluate_task(tiny_model, unlearn, quiz=quiz, general_chunks_or_texts=TEXT, max_general_tokens=16, n_orders=1,
+                         formats=["fact", "cloze_mcq"])
+    assert set(some) == {"forget_error", "maintain_accuracy", "cloze_mcq_forget_error", "cloze_mcq_maintain_accuracy",
+                         "general_loss", "quiz_accuracy"}
+    with pytest.raises(ValueError, match="Unknown formats \\['system_qa'\\]"):
+        evaluate_task(tiny_model, counterfact_task(), quiz=quiz, general_chunks_or_texts=TEXT, formats=["system_qa"])
 
 
 def test_format_usability_compares_the_maintained_p_true_with_chance():
@@ -199,6 +206,7 @@ def test_format_usability_compares_the_maintained_p_true_with_chance():
     assert format_usability(before, task, margin=0.1) == {"lettered_mcq": False, "cloze_mcq": False}
     with pytest.raises(ValueError, match="lack"):
         format_usability({"lettered_mcq_maintain_accuracy": 0.5}, task)
+    assert answerable_formats(["paraphrase", "lettered_mcq", "cloze_mcq"], before, task) == ("paraphrase", "lettered_mcq")
 
 
 def test_bad_inputs(tiny_model):

@@ -69,3 +69,28 @@ def test_a_record_is_not_reused_after_a_change_of(change, tiny_model, tmp_path, 
         model = replace(tiny_model, hf_model=copy.deepcopy(tiny_model.hf_model).to(torch.bfloat16))
     with pytest.raises(AssertionError, match="trained again"):
         run_experiment(model, task, localization, chunks, CONFIG, seed=0, task_seed=0)
+
+
+def test_the_evaluation_after_the_edit_and_each_check_are_handed_the_unedited_models_metrics(tiny_model, tmp_path, monkeypatch):
+    """run_experiment evaluates the unedited model with before=None, then gives its metrics to the evaluation
+    after the edit and to every checkpoint (so they can leave out what the unedited model cannot answer)."""
+    monkeypatch.setenv("MECHUNLEARN_RESULTS", str(tmp_path))
+    task = sports_athlete_edit(ATHLETES, 4, seed=0, n_maintain=4)
+    localization = Localization.build("mlp1", tiny_model, [Component("mlp", 1)], "test")
+    chunks = retain_chunks(tiny_model, ["The river flows slowly through the green valley. " * 20], 16)
+    calls = []
+
+    def evaluate(model, task, before=None):
+        calls.append(("evaluate", before))
+        return {"evaluations so far": float(len(calls))}
+
+    def checkpoint(model, task, before=None):
+        calls.append(("checkpoint", before))
+        return {}
+
+    measure = records.Measurements(evaluate=evaluate, checkpoint=checkpoint)
+    record = run_experiment(tiny_model, task, localization, chunks, replace(CONFIG, check_every=1), seed=0, task_seed=0,
+                            measurements=measure)
+    before = {"evaluations so far": 1.0}
+    assert calls == [("evaluate", None), ("checkpoint", before), ("checkpoint", before), ("evaluate", before)]
+    assert record["metrics_before"] == before and record["metrics"] == {"evaluations so far": 4.0}

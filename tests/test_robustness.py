@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers.counterfact import load_counterfact
-from helpers.evaluation import format_metrics, general_chunks
+from helpers.evaluation import format_metrics, general_chunks, mcq_chance
 from helpers.finetune import TrainingConfig
 from helpers.formats import MCQ_FORMATS
 from helpers.localization import Component, Localization
@@ -15,7 +15,7 @@ from helpers.prompts import SPORTS
 from helpers.records import Measurements, load_records, run_experiment
 from helpers.relearning import RelearnConfig
 from helpers.results import relearning_curves, strength_curves
-from helpers.robustness import Robustness, RobustnessSettings
+from helpers.robustness import STRENGTH_FORMATS, Robustness, RobustnessSettings
 from helpers.soft_prompt import SoftPromptConfig
 from helpers.tasks import sports_athlete_edit
 
@@ -95,16 +95,41 @@ def test_the_strength_curve_is_recorded_at_each_check_for_the_named_tasks(tiny_m
     localization = Localization.build("mlp1", tiny_model, [Component("mlp", 1)], "test")
     config = TrainingConfig(learning_rate=1e-3, steps=2, batch_size=3, retain_batch_size=0, retain_length=16,
                             retain_positions=4, check_every=1)
-    measure = Measurements(checkpoint=on.strength_point, settings=on.settings.to_dict())
     record = run_experiment(tiny_model, task, localization, torch.zeros(1, 16, dtype=torch.long), config,
-                            seed=0, task_seed=0, measurements=measure)
+                            seed=0, task_seed=0, measurements=replace(on.measurements(), attack=None))
+    measured = {f"{fmt}_{kind}" for fmt in on._measured(STRENGTH_FORMATS, task, record["metrics_before"])
+                for kind in ("forget_error", "edit_accuracy")}
     checks = record["curves"]["checks"]
-    assert [c["step"] for c in checks] == [1, 2] and all(set(point) <= set(c) for c in checks)
+    assert [c["step"] for c in checks] == [1, 2] and all(measured <= set(c) for c in checks)
     curves = strength_curves(load_records())
-    assert len(curves) == 2 * len(point) and set(curves.step) == {1, 2}
+    assert len(curves) == 2 * len(measured) and set(curves.step) == {1, 2}
     assert curves.groupby("step").edit_accuracy.first().tolist() == [c["p_new"] for c in checks]
 
     off = Robustness(tiny_model, ATHLETES, load_counterfact().head(40), general_chunks(tiny_model, TEXT),
                      replace(settings, strength_curve_tasks=()))
     assert off.measurements().checkpoint is None and "checkpoint" not in off.measurements().key()
     assert on.measurements().key()["checkpoint"] == "Robustness.strength_point"
+
+
+def test_after_an_edit_the_formats_the_unedited_model_answers_at_chance_are_left_out(tiny_model):
+    """Given the unedited model's metrics, evaluate and strength_point skip an MCQ format at chance there and keep
+    the one above it; without them, or with measure_formats_at_chance, every format."""
+    task = sports_athlete_edit(ATHLETES, 3, seed=0, n_maintain=3)
+    settings = RobustnessSettings(quiz_size=4, max_general_tokens=64, soft_prompt=None, relearn_attacks=(),
+                                  latent_probes=False, eval_precision="float32", strength_curve_tasks=(task.name,))
+    chunks = general_chunks(tiny_model, TEXT)
+    gated = Robustness(tiny_model, ATHLETES, load_counterfact().head(40), chunks, settings)
+    every = gated.evaluate(tiny_model, task)
+    before = every | {"lettered_mcq_maintain_accuracy": mcq_chance(task), "cloze_mcq_maintain_accuracy": 0.9}
+    after = gated.evaluate(tiny_model, task, before)
+    assert set(after) == {k for k in every if not k.startswith("lettered_mcq_")}
+    assert after == pytest.approx({k: every[k] for k in after}, abs=1e-6)  # the model is unchanged: the same numbers
+    assert not any(k.startswith("lettered_mcq_") for k in gated.strength_point(tiny_model, task, before))
+    assert any(k.startswith("cloze_mcq_") for k in gated.strength_point(tiny_model, task, before))
+
+    forced = Robustness(tiny_model, ATHLETES, load_counterfact().head(40), chunks,
+                        replace(settings, measure_formats_at_chance=True))
+    assert set(forced.evaluate(tiny_model, task, before)) == set(every)
+    assert forced.measurements().key() != gated.measurements().key()
+    with pytest.raises(ValueError, match="lack"):
+        gated.evaluate(tiny_model, task, {"forget_error": 0.1})
