@@ -13,13 +13,14 @@ DataFrame. Records live in ``results/runs/`` (outside git).
 
 What is measured is a :class:`Measurements`: ``evaluate`` runs on the model before and after
 the edit (the before values are cached per task, since every localization starts from the
-same model; the evaluation after the edit is handed them, so it can leave out what the unedited
-model cannot answer), ``attack`` only on the edited model (relearning, probes: anything that needs the
-edited weights), and ``prepare``, when given, on the unedited model just before a run trains
-(to keep what an attack compares against, such as the original hidden states), and ``checkpoint``, when
-given, at every completeness check during training (handed the before values too; its values join the
-checks in ``curves.checks``: the strength curve of :mod:`helpers.robustness`). Their ``settings`` are part of the run's key, so changing what is measured
-re-runs the grid instead of mixing old and new metrics.
+same model; the evaluation after the edit is handed them, so it can leave out what the
+unedited model cannot answer), ``attack`` only on the edited model (relearning, probes:
+anything that needs the edited weights), and ``prepare``, when given, on the unedited model
+just before a run trains (to keep what an attack compares against, such as the original
+hidden states), and ``checkpoint``, when given, at every completeness check during training
+(handed the before values too; its values join the checks in ``curves.checks``: the strength
+curve of :mod:`helpers.robustness`). Their ``settings`` are part of the run's key, so changing
+what is measured re-runs the grid instead of mixing old and new metrics.
 """
 
 from __future__ import annotations

@@ -18,10 +18,9 @@ During the edit (:meth:`Robustness.strength_point`, for the tasks named in
 (:mod:`helpers.finetune`), the paraphrase and the two multiple-choice formats are scored on the
 evaluated forget facts (one option order, no maintain facts: a point of the curve costs a
 fraction of an evaluation; a format at chance before the edit is left out here too), in the
-check's precision; the check itself gives the training
-format's edit accuracy and forget error on the trained facts, so each check is a point of
-robustness against edit strength, and localizations can be compared at equal edit strength
-rather than at their final, unequal one.
+check's precision; the check itself gives the training format's edit accuracy and forget error
+on the trained facts, so each check is a point of robustness against edit strength, and
+localizations can be compared at equal edit strength rather than at their final, unequal one.
 
 The edit changes nothing below its lowest layer, so the evaluations after it and the ``full``
 relearning attack (training and measurements) run only the layers from there on, on the
