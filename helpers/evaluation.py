@@ -38,13 +38,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from helpers.finetune import retain_chunks
 from helpers.formats import MCQ_FORMATS, mcq_item, shuffled_options
 from helpers.models import LoadedModel
 from helpers.prompts import SPORT_ANSWERS, SPORTS, completion_question, paraphrase_prompts_for_sports, sports_question, sports_system_qa_prompt
-from helpers.scoring import candidate_probs, final_hidden, renormalize, unembed
+from helpers.scoring import candidate_probs, final_hidden, next_token_loss, renormalize
 from helpers.tasks import EditTask, athlete_rows, fact_rows
 
 COMPLETION_FORMATS = ("fact", "paraphrase")
@@ -239,7 +238,10 @@ def general_loss(
 
     Texts are cut into chunks of :data:`GENERAL_LENGTH` tokens (:func:`general_chunks`).
     Whole chunks are used, at least one; ``max_tokens=None`` uses them all. ``batch_size``
-    chunks share a forward pass (the full logits of a chunk are computed, so keep it small).
+    chunks share a forward pass, whose loss is summed over blocks of the vocabulary
+    (:func:`helpers.scoring.next_token_loss`) rather than computed from the full logits, which
+    for 512 tokens take 0.5 GB, mapped and faulted in anew at every call
+    (``scripts/benchmark_general_loss.py`` compares both).
     """
     chunks = general_chunks(model, texts_or_chunks)
     if max_tokens is not None and max_tokens < 1:
@@ -250,8 +252,8 @@ def general_loss(
     total, count = 0.0, 0
     with torch.inference_mode():
         for batch in chunks[:n].to(model.device).split(batch_size):
-            logits = unembed(model, final_hidden(model, input_ids=batch)[:, :-1].flatten(0, 1)).float()
-            total += F.cross_entropy(logits, batch[:, 1:].flatten(), reduction="sum").item()
+            hidden = final_hidden(model, input_ids=batch)[:, :-1].flatten(0, 1)
+            total += next_token_loss(model, hidden, batch[:, 1:].flatten()).item()
             count += batch[:, 1:].numel()
     return total / count
 

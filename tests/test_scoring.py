@@ -132,3 +132,17 @@ def test_unembed_of_many_rows_calls_the_head_module(tiny_model, monkeypatch):
     monkeypatch.setattr(scoring.VocabBlockedLinear, "apply", lambda *args: pytest.fail("blocked path taken"))
     hidden = torch.randn(scoring.MAX_BLOCKED_ROWS + 1, tiny_model.hf_model.config.hidden_size)
     assert scoring.unembed(tiny_model, hidden).shape[0] == scoring.MAX_BLOCKED_ROWS + 1
+
+
+@pytest.mark.parametrize("cap", [None, 3.0])
+def test_next_token_loss_is_the_cross_entropy_of_the_full_logits(tiny_model, monkeypatch, cap):
+    """Summed over vocabulary blocks that do not divide the vocabulary, with targets in many blocks (the first and
+    the last included), with and without the logit soft-capping of Gemma-2."""
+    monkeypatch.setattr(scoring, "LOSS_VOCAB_BLOCK", 4099)
+    monkeypatch.setattr(tiny_model.hf_model.config, "final_logit_softcapping", cap, raising=False)
+    vocab = tiny_model.hf_model.get_output_embeddings().weight.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(24, tiny_model.hf_model.config.hidden_size, generator=generator)
+    targets = torch.cat([torch.tensor([0, vocab - 1]), torch.randint(vocab, (22,), generator=generator)])
+    full = torch.nn.functional.cross_entropy(scoring.unembed(tiny_model, hidden, blocked=False), targets, reduction="sum")
+    torch.testing.assert_close(scoring.next_token_loss(tiny_model, hidden, targets), full, rtol=1e-5, atol=1e-4)
