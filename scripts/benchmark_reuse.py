@@ -204,12 +204,12 @@ def main() -> None:
         if "b" in args.parts:
             settings = replace(SETTINGS, relearn_attacks=("lora", "full")) if args.full_attack else SETTINGS
             times: dict[bool, list[dict[str, float]]] = {False: [], True: []}
-            before = robustness.Robustness(model, known_athletes(model), known_facts(model), chunks, settings).evaluate(model, task)
+            athletes, facts = known_athletes(model), known_facts(model)
+            before = robustness.Robustness(model, athletes, facts, chunks, settings).evaluate(model, task)
 
             def measure(enabled: bool) -> tuple[float, dict]:
                 reuse.clear()
-                robust = robustness.Robustness(model, known_athletes(model), known_facts(model), chunks, settings,
-                                               reuse_frozen=enabled)
+                robust = robustness.Robustness(model, athletes, facts, chunks, settings, reuse_frozen=enabled)
                 robust.prepare(model, task)
                 config = TrainingConfig(learning_rate=1e-4, steps=args.edit_steps, batch_size=8, retain_batch_size=1,
                                         precision="float32")
